@@ -1,0 +1,132 @@
+// Command busyapi is an HTTP ingest server for usage events, compatible with
+// the original busyapi Express sample: POST /api/usages answers 201 {"id":N}.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/busyapi/busyapi/server"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "busyapi:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("busyapi", flag.ContinueOnError)
+	var cfg server.Config
+	cfg.MaxBodyBytes = 16 << 10
+	cfg.RingBytes = 4 << 20
+	cfg.CacheBytes = 64 << 20
+	addr := fs.String("addr", "", "listen address HOST:PORT (default :3000, or :$PORT)")
+	fs.Var((*byteSize)(&cfg.MaxBodyBytes), "max-body", "largest request body; larger ones get 413 (e.g. 16KiB)")
+	fs.Var((*byteSize)(&cfg.RingBytes), "ring-bytes", "capacity of each shard's ring; a full ring answers 503 (e.g. 4MiB)")
+	fs.IntVar(&cfg.Shards, "shards", 0, "number of shards (default and minimum GOMAXPROCS)")
+	fs.Uint64Var(&cfg.IDBlock, "id-block", 4096, "ids a shard reserves at a time")
+	fs.Var((*byteSize)(&cfg.CacheBytes), "cache-bytes", "size of the in-memory usage store; oldest usages are evicted (e.g. 64MiB)")
+	fs.StringVar(&cfg.Ack, "ack", server.AckMemory, "when to answer 201: memory (once the usage is in the ring)")
+	fs.DurationVar(&cfg.FlushInterval, "flush-interval", 10*time.Millisecond, "longest a usage waits in a ring before it is stored")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", 10*time.Second, "time allowed to read one whole request")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "time allowed to write one response")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "keep-alive connections idle for longer are closed")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 256*1024, "most concurrent connections")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	cfg.Logger = log
+
+	listen := *addr
+	if listen == "" {
+		port := os.Getenv("PORT")
+		if port == "" {
+			port = "3000"
+		}
+		listen = ":" + port
+	}
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return fmt.Errorf("cannot listen on %q: %w", listen, err)
+	}
+	c := srv.Config()
+	log.Info("busyapi listening", "addr", ln.Addr().String(), "shards", c.Shards,
+		"ring_bytes", c.RingBytes, "cache_bytes", c.CacheBytes, "ack", c.Ack, "max_body", c.MaxBodyBytes)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case err := <-errc:
+		_ = srv.Shutdown(context.Background())
+		return fmt.Errorf("serve: %w", err)
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+	defer cancel()
+	start := time.Now()
+	err = srv.Shutdown(ctx)
+	var st server.Stats
+	srv.UpdateStats(&st)
+	log.Info("stopped", "stored", st.Stored, "drained", st.Shard.Drained, "took", time.Since(start).String())
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+// byteSize is a flag.Value for sizes such as 16384, 16KiB, 4MiB or 1GB.
+type byteSize int
+
+func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+		{"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1},
+	}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return fmt.Errorf("invalid size %q: use a positive number of bytes, optionally with KiB, MiB or GiB", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}

@@ -1,0 +1,225 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/busyapi/busyapi/shard"
+)
+
+const (
+	pathUsages      = "/api/usages"
+	pathUsagePrefix = "/api/usages/"
+)
+
+// Reasons a request is refused, for Stats.Rejected.
+const (
+	ReasonInvalid   = iota // 400: bad JSON or fields
+	ReasonTooLarge         // 413
+	ReasonMediaType        // 415
+	ReasonFull             // 503: ring full or ids exhausted
+	ReasonMethod           // 405
+	ReasonNotFound         // 404
+	ReasonProtocol         // 400/408/431 from the HTTP parser
+	numReasons
+)
+
+var (
+	strJSON       = []byte("application/json")
+	strRetryAfter = []byte("Retry-After")
+	strLocation   = []byte("Location")
+	strIdentity   = []byte("identity")
+	strOne        = []byte("1")
+	strWelcome    = []byte("busyapi is running: POST usages to /api/usages, GET them from /api/usages/{id}\n")
+)
+
+var (
+	errNotFound      = jsonError("no such path: the API is POST /api/usages and GET /api/usages/{id}")
+	errUsageNotFound = jsonError("no usage with this id: it was never stored, or it was evicted from the cache")
+	errBadID         = jsonError("usage id must be a positive decimal integer, as returned in {\"id\":N}")
+	errMethodUsages  = jsonError("method not allowed: use POST to store a usage")
+	errMethodUsage   = jsonError("method not allowed: use GET to read a usage")
+	errMethodRoot    = jsonError("method not allowed: use GET")
+	errMediaType     = jsonError("unsupported Content-Type: send application/json")
+	errEncoding      = jsonError("unsupported Content-Encoding: send the body uncompressed")
+	errFull          = jsonError("server is busy: the ingest ring is full; retry after the Retry-After delay")
+	errExhausted     = jsonError("server has run out of ids: no usage can be stored")
+	errTooLarge      = jsonError("request body is too large: lower it below the server's --max-body limit")
+	errHeaderLarge   = jsonError("request headers are too large: send less than 4 KiB of headers")
+	errTimeout       = jsonError("request timed out: send the whole request within the server's read timeout")
+	errMalformed     = jsonError("malformed HTTP request: send a valid HTTP/1.1 request")
+)
+
+// Handler is the fasthttp.RequestHandler of the API. It is safe for
+// concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
+// no channel and logs nothing.
+func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	switch {
+	case string(path) == pathUsages:
+		if ctx.IsPost() {
+			s.postUsage(ctx)
+			return
+		}
+		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodUsages)
+	case len(path) > len(pathUsagePrefix) && string(path[:len(pathUsagePrefix)]) == pathUsagePrefix:
+		if ctx.IsGet() || ctx.IsHead() {
+			s.getUsage(ctx, path[len(pathUsagePrefix):])
+			return
+		}
+		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodUsage)
+	case string(path) == "/":
+		if ctx.IsGet() || ctx.IsHead() {
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetBody(strWelcome)
+			return
+		}
+		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodRoot)
+	default:
+		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNotFound)
+	}
+}
+
+func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Request.Header
+	if ct := h.ContentType(); len(ct) > 0 && !isJSONMediaType(ct) {
+		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errMediaType)
+		return
+	}
+	if ce := h.ContentEncoding(); len(ce) > 0 && !bytes.EqualFold(ce, strIdentity) {
+		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errEncoding)
+		return
+	}
+	p := s.parsers.Get()
+	body, bad := validateUsage(p, ctx.PostBody())
+	s.parsers.Put(p)
+	if bad != nil {
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, bad)
+		return
+	}
+	id, _, err := s.set.Put(ctx.ConnID(), body)
+	if err != nil {
+		if errors.Is(err, shard.ErrFull) {
+			ctx.Response.Header.SetBytesKV(strRetryAfter, strOne)
+			s.fail(ctx, fasthttp.StatusServiceUnavailable, ReasonFull, errFull)
+			return
+		}
+		s.fail(ctx, fasthttp.StatusServiceUnavailable, ReasonFull, errExhausted)
+		return
+	}
+	s.stored.Add(1)
+
+	var a [48]byte
+	loc := strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10)
+	ctx.Response.Header.SetBytesKV(strLocation, loc)
+	b := append(a[:0], `{"id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, '}')
+	ctx.SetStatusCode(fasthttp.StatusCreated)
+	ctx.Response.Header.SetContentTypeBytes(strJSON)
+	ctx.Response.SetBody(b)
+}
+
+// isJSONMediaType reports whether ct is application/json, in any case, with
+// or without parameters such as charset=utf-8.
+func isJSONMediaType(ct []byte) bool {
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return bytes.EqualFold(bytes.TrimSpace(ct), strJSON)
+}
+
+var bufPool sync.Pool
+
+func (s *Server) getUsage(ctx *fasthttp.RequestCtx, idText []byte) {
+	id, ok := parseID(idText)
+	if !ok {
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errBadID)
+		return
+	}
+	if id == 0 || id >= shard.MaxID {
+		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errUsageNotFound)
+		return
+	}
+	bp, _ := bufPool.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	v, found := s.cache.Get((*bp)[:0], id)
+	if !found || len(v) < 2 {
+		bufPool.Put(bp)
+		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errUsageNotFound)
+		return
+	}
+	// The stored body is the object as posted; add the id as its first field.
+	ctx.Response.Header.SetContentTypeBytes(strJSON)
+	out := ctx.Response.BodyWriter()
+	var a [32]byte
+	out.Write(strconv.AppendUint(append(a[:0], `{"id":`...), id, 10))
+	out.Write([]byte{','})
+	out.Write(v[1:])
+	*bp = v[:0]
+	bufPool.Put(bp)
+}
+
+// parseID parses a decimal id. It reports false for anything but digits;
+// a number too large for uint64 parses as MaxID, which is never stored.
+func parseID(b []byte) (uint64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n < shard.MaxID {
+			n = n*10 + uint64(c-'0')
+		}
+	}
+	return n, true
+}
+
+func (s *Server) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string, msg errBody) {
+	ctx.Response.Header.Set("Allow", allow)
+	if ctx.IsOptions() {
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+		return
+	}
+	s.fail(ctx, fasthttp.StatusMethodNotAllowed, ReasonMethod, msg)
+}
+
+func (s *Server) fail(ctx *fasthttp.RequestCtx, status, reason int, msg errBody) {
+	s.rejected[reason].Add(1)
+	ctx.SetStatusCode(status)
+	ctx.Response.Header.SetContentTypeBytes(strJSON)
+	ctx.Response.SetBody(msg)
+}
+
+// ErrorHandler answers requests that fasthttp refuses before the Handler
+// runs, with a JSON error and the right status: 413 for a body over
+// MaxBodyBytes (fasthttp's default says 400), 431 for oversized headers, 408
+// for a timeout and 400 for anything unparsable. The connection is then
+// closed gracefully, so the client reads the answer instead of a reset.
+// Embedders serving Handler with their own fasthttp.Server should set this
+// as its ErrorHandler.
+func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, ReasonTooLarge, errTooLarge)
+	case errors.As(err, &small):
+		s.fail(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, ReasonProtocol, errHeaderLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		s.fail(ctx, fasthttp.StatusRequestTimeout, ReasonProtocol, errTimeout)
+	default:
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonProtocol, errMalformed)
+	}
+	lingerOnClose(ctx.Conn())
+}

@@ -1,0 +1,62 @@
+package server
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// Lingering close. When the server refuses a request before reading its body
+// (413 on Content-Length, say), the client is still sending. Closing a TCP
+// socket with unread data makes the kernel send RST, and the client may then
+// lose our answer from its receive buffer and see only "connection reset".
+// So for connections closed after an error, shut down our write side first,
+// and read and discard what the client still sends for a short while before
+// closing, as Apache's and nginx's lingering_close do.
+const (
+	lingerTimeout = 2 * time.Second
+	lingerBytes   = 1 << 20
+)
+
+type lingerListener struct{ net.Listener }
+
+func (l lingerListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &lingerConn{Conn: c}, nil
+}
+
+type lingerConn struct {
+	net.Conn
+	linger atomic.Bool
+}
+
+func lingerOnClose(c net.Conn) {
+	if lc, ok := c.(*lingerConn); ok {
+		lc.linger.Store(true)
+	}
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+func (c *lingerConn) Close() error {
+	if !c.linger.Load() {
+		return c.Conn.Close()
+	}
+	cw, ok := c.Conn.(closeWriter)
+	if !ok {
+		return c.Conn.Close()
+	}
+	// Linger in the background: the worker goroutine is not held, and the
+	// number of lingering connections is bounded by the connection limit.
+	go func() {
+		_ = cw.CloseWrite()
+		_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_, _ = io.CopyN(io.Discard, c.Conn, lingerBytes)
+		_ = c.Conn.Close()
+	}()
+	return nil
+}

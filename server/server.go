@@ -1,0 +1,216 @@
+// Package server is busyapi's HTTP layer: routing, validation, responses and
+// errors for the busyapi-compatible usage API, on fasthttp.
+//
+// A Server can run on its own (Serve, Shutdown) or be embedded in another
+// program that serves its Handler and ErrorHandler with its own
+// fasthttp.Server.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/busyapi/busyapi/shard"
+	"github.com/busyapi/busyapi/store"
+)
+
+// Ack modes: when a POST is answered 201.
+const (
+	// AckMemory answers as soon as the usage is in its shard's ring. A GET
+	// finds it within FlushInterval (10 ms by default).
+	AckMemory = "memory"
+)
+
+// Config configures a Server. The zero value works; every field has a
+// default, applied in New.
+type Config struct {
+	// MaxBodyBytes is the largest accepted request body; larger ones are
+	// answered 413. Default 16 KiB.
+	MaxBodyBytes int
+	// Shards is the number of rings; default (and minimum) GOMAXPROCS.
+	Shards int
+	// RingBytes is the capacity of each shard's ring. When a ring is full,
+	// POSTs are answered 503 with Retry-After. Default 4 MiB.
+	RingBytes int
+	// IDBlock is how many ids a shard reserves at a time. Default 4096.
+	IDBlock uint64
+	// CacheBytes bounds the in-memory store of usages read by GET; the
+	// oldest usages are evicted when it is full. Default 64 MiB; fastcache's
+	// minimum is 32 MiB.
+	CacheBytes int
+	// Ack says when a POST is answered: AckMemory (default).
+	Ack string
+	// FlushInterval bounds how long a usage waits in a ring before the
+	// drainer stores it. Default 10 ms.
+	FlushInterval time.Duration
+	// ReadTimeout bounds reading one whole request, headers and body, so
+	// half-sent requests cannot hold a connection. Default 10 s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing one response. Default 10 s.
+	WriteTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle for longer. Default 60 s.
+	IdleTimeout time.Duration
+	// MaxConns bounds concurrent connections. Default 262144.
+	MaxConns int
+	// Logger receives the server's events; default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 16 << 10
+	}
+	if c.Shards < runtime.GOMAXPROCS(0) {
+		c.Shards = runtime.GOMAXPROCS(0)
+	}
+	if c.RingBytes <= 0 {
+		c.RingBytes = 4 << 20
+	}
+	if c.RingBytes < 2*(c.MaxBodyBytes+64) {
+		return fmt.Errorf("ring of %d bytes cannot hold two bodies of %d bytes: increase --ring-bytes", c.RingBytes, c.MaxBodyBytes)
+	}
+	if c.IDBlock == 0 {
+		c.IDBlock = 4096
+	}
+	if c.IDBlock > shard.MaxIDBlock {
+		return fmt.Errorf("id block %d is above the maximum %d: lower --id-block", c.IDBlock, shard.MaxIDBlock)
+	}
+	if c.CacheBytes <= 0 {
+		c.CacheBytes = 64 << 20
+	}
+	if c.Ack == "" {
+		c.Ack = AckMemory
+	}
+	if c.Ack != AckMemory {
+		return fmt.Errorf("unknown ack mode %q: use %q", c.Ack, AckMemory)
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 10 * time.Millisecond
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 256 * 1024
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Server serves the usage API.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	set     *shard.Set
+	cache   *store.Cache
+	http    *fasthttp.Server
+	parsers fastjson.ParserPool
+
+	stored   atomic.Uint64
+	rejected [numReasons]atomic.Uint64
+	closed   atomic.Bool
+}
+
+// New returns a Server with its shards and drainers running. Call Shutdown
+// to stop them, even if Serve is never called.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
+	s.set = shard.New(shard.Config{
+		Shards:        cfg.Shards,
+		RingBytes:     cfg.RingBytes,
+		IDBlock:       cfg.IDBlock,
+		FlushInterval: cfg.FlushInterval,
+		Sink:          s.cache,
+	})
+	s.http = &fasthttp.Server{
+		Handler:                      s.Handler,
+		ErrorHandler:                 s.ErrorHandler,
+		Name:                         "busyapi",
+		MaxRequestBodySize:           cfg.MaxBodyBytes,
+		ReadTimeout:                  cfg.ReadTimeout,
+		WriteTimeout:                 cfg.WriteTimeout,
+		IdleTimeout:                  cfg.IdleTimeout,
+		Concurrency:                  cfg.MaxConns,
+		DisablePreParseMultipartForm: true,
+		CloseOnShutdown:              true,
+		Logger:                       fasthttpLogger{s.log},
+	}
+	return s, nil
+}
+
+// Config returns the configuration in effect, with defaults applied.
+func (s *Server) Config() Config { return s.cfg }
+
+// Serve accepts connections on ln until Shutdown. It returns nil after
+// Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.http.Serve(lingerListener{ln})
+	if s.closed.Load() {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, lets in-flight requests finish,
+// drains every ring into the store and stops the drainers. After it returns,
+// every usage answered 201 is readable by GET. If ctx ends first, Shutdown
+// still drains the rings but returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.closed.Swap(true) {
+		return errors.New("server: already shut down")
+	}
+	err := s.http.ShutdownWithContext(ctx)
+	s.set.Close()
+	return err
+}
+
+// Stats are the server's counters; fill them with UpdateStats.
+type Stats struct {
+	Stored   uint64             // usages answered 201
+	Rejected [numReasons]uint64 // requests refused, by reason
+	Shard    shard.Stats
+	Cache    store.CacheStats
+}
+
+// UpdateStats fills st.
+func (s *Server) UpdateStats(st *Stats) {
+	st.Stored = s.stored.Load()
+	for i := range s.rejected {
+		st.Rejected[i] = s.rejected[i].Load()
+	}
+	st.Shard = shard.Stats{RingUsed: st.Shard.RingUsed}
+	s.set.UpdateStats(&st.Shard)
+	s.cache.UpdateStats(&st.Cache)
+}
+
+// fasthttpLogger sends fasthttp's own messages (connection errors and the
+// like, one per bad connection) to debug level, so garbage from clients
+// cannot flood the log.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	if f.l.Enabled(context.Background(), slog.LevelDebug) {
+		f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	}
+}

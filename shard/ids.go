@@ -1,0 +1,91 @@
+package shard
+
+import (
+	"errors"
+	"sync/atomic"
+)
+
+// MaxID is the exclusive upper bound of ids: every id fits a JavaScript
+// number (2^53) exactly.
+const MaxID = 1 << 53
+
+// MaxIDBlock is the largest id block IDs accepts.
+const MaxIDBlock = 1 << 22
+
+// offBits is how many low bits of a shard's state count ids taken from its
+// current block; the high bits hold the block number plus one. The spare bits
+// above MaxIDBlock absorb the increments of producers that race past the end
+// of a block before one of them installs the next.
+const offBits = 32
+
+// ErrIDsExhausted is returned once ids would reach MaxID.
+var ErrIDsExhausted = errors.New("shard: ids exhausted")
+
+// IDs hands out unique ids starting at 1. A global atomic counter leases
+// blocks of ids to shards; within its block a shard allocates with one
+// atomic add, so producers on different shards never touch the same cache
+// line. Ids are unique across all shards. They are increasing within a block
+// but not globally, and a block abandoned in a race leaves a gap: ids may
+// skip, never repeat.
+type IDs struct {
+	block  uint64
+	blocks atomic.Uint64 // number of the next block to lease, from 0
+	_      [cacheLine - 8]byte
+	shards []idShard
+}
+
+type idShard struct {
+	state atomic.Uint64 // (block number + 1) << offBits | ids taken
+	_     [cacheLine - 8]byte
+}
+
+// NewIDs returns an allocator for n shards with blocks of block ids
+// (1 <= block <= MaxIDBlock). The first id handed out is first (>= 1), rounded
+// up to the start of a block.
+func NewIDs(n int, block, first uint64) *IDs {
+	if n < 1 || block < 1 || block > MaxIDBlock || first < 1 {
+		panic("BUG: shard.NewIDs: invalid arguments")
+	}
+	a := &IDs{block: block, shards: make([]idShard, n)}
+	a.blocks.Store((first - 1 + block - 1) / block)
+	return a
+}
+
+// Block returns the size of an id block.
+func (a *IDs) Block() uint64 { return a.block }
+
+// Leased returns the upper bound (exclusive) of the ids leased so far.
+func (a *IDs) Leased() uint64 { return a.blocks.Load()*a.block + 1 }
+
+// Next returns a new id for shard i. It is safe for concurrent use and takes
+// no lock.
+func (a *IDs) Next(i int) (uint64, error) {
+	s := &a.shards[i]
+	for {
+		v := s.state.Add(1) - 1
+		blk, off := v>>offBits, v&(1<<offBits-1)
+		if blk != 0 && off < a.block {
+			id := (blk-1)*a.block + off + 1
+			if id >= MaxID {
+				return 0, ErrIDsExhausted
+			}
+			return id, nil
+		}
+		// The block is used up (or none was leased yet): lease the next
+		// one and install it, unless another producer already did.
+		nb := a.blocks.Add(1) - 1
+		for {
+			cur := s.state.Load()
+			if cur>>offBits != blk {
+				break // someone else installed a block; nb is skipped
+			}
+			if s.state.CompareAndSwap(cur, (nb+1)<<offBits|1) {
+				id := nb*a.block + 1
+				if id >= MaxID {
+					return 0, ErrIDsExhausted
+				}
+				return id, nil
+			}
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package shard
+
+import (
+	"errors"
+	"sync/atomic"
+	"unsafe"
+)
+
+// cacheLine pads hot atomics so that producers and the consumer of one ring,
+// and neighbouring rings, do not share a cache line.
+const cacheLine = 64
+
+// Record framing inside a ring. Every record starts on an 8-byte boundary:
+//
+//	word 0: header = body length (low 32 bits) | flags
+//	word 1: id
+//	body, padded to a multiple of 8 bytes
+//
+// The header is written last with an atomic store; its commit flag is what
+// the consumer waits for. The consumer zeroes the header before it releases
+// the space, so a stale commit flag is never seen after the ring wraps.
+const (
+	hdrBytes   = 16
+	flagCommit = 1 << 32
+	flagPad    = 1 << 33
+	lenMask    = 1<<32 - 1
+)
+
+// MaxRecord is the largest body a ring accepts, whatever its size.
+const MaxRecord = 1<<31 - 1
+
+// ErrFull is returned when a ring has no room for a record. The caller should
+// answer 503 and let the client retry; nothing has been stored.
+var ErrFull = errors.New("shard: ring is full")
+
+// Ring is a bounded multi-producer, single-consumer queue of variable-length
+// records in one pointer-free buffer, so the garbage collector never scans it
+// and a stored record costs no heap object.
+//
+// Producers reserve space with a CAS on head, copy their record in and set the
+// commit flag; they never take a lock or wait for the consumer. The one
+// consumer (the shard's drainer) reads committed records in order and releases
+// their space by advancing tail.
+type Ring struct {
+	head atomic.Uint64 // next byte position to reserve; producers CAS it
+	_    [cacheLine - 8]byte
+
+	tail atomic.Uint64 // everything below tail is free; consumer-owned
+	_    [cacheLine - 8]byte
+
+	flushed atomic.Uint64 // everything below flushed has reached the sink
+	gen     atomic.Pointer[chan struct{}]
+	_       [cacheLine - 16]byte
+
+	mask  uint64
+	size  uint64
+	words []uint64
+	buf   []byte // byte view of words
+
+	full atomic.Uint64 // reservations refused because the ring was full
+}
+
+// NewRing returns a ring of size bytes, rounded up to a power of two of at
+// least 4 KiB.
+func NewRing(size int) *Ring {
+	n := uint64(4096)
+	for n < uint64(size) {
+		n <<= 1
+	}
+	words := make([]uint64, n/8)
+	r := &Ring{
+		mask:  n - 1,
+		size:  n,
+		words: words,
+		buf:   unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), n),
+	}
+	ch := make(chan struct{})
+	r.gen.Store(&ch)
+	return r
+}
+
+// Size returns the ring's capacity in bytes.
+func (r *Ring) Size() int { return int(r.size) }
+
+// recordBytes is the space a body of n bytes takes in the ring.
+func recordBytes(n int) uint64 { return hdrBytes + (uint64(n)+7)&^7 }
+
+// Put copies body into the ring as the record for id and returns the ring
+// position just past it; pass that position to Wait to learn when the record
+// has been flushed. Put is safe for concurrent use by any number of
+// goroutines. It returns ErrFull without storing anything when there is no
+// room. body is not retained.
+func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
+	need := recordBytes(len(body))
+	if len(body) > MaxRecord || need > r.size/2 {
+		return 0, ErrFull
+	}
+	for {
+		h := r.head.Load()
+		t := r.tail.Load()
+		off := h & r.mask
+		pad := uint64(0)
+		if off+need > r.size {
+			pad = r.size - off
+		}
+		if h+pad+need-t > r.size {
+			r.full.Add(1)
+			return 0, ErrFull
+		}
+		if !r.head.CompareAndSwap(h, h+pad+need) {
+			continue
+		}
+		if pad > 0 {
+			// The record would straddle the end of the buffer: fill the
+			// rest with a padding record and start at offset 0.
+			atomic.StoreUint64(&r.words[off/8], pad|flagCommit|flagPad)
+			off = 0
+		}
+		w := off / 8
+		r.words[w+1] = id
+		copy(r.buf[off+hdrBytes:], body)
+		atomic.StoreUint64(&r.words[w], uint64(len(body))|flagCommit)
+		return h + pad + need, nil
+	}
+}
+
+// Drain passes every committed record, in order, to fn and then releases
+// their space. It stops at the first record that is reserved but not yet
+// committed. body is valid only during the call to fn. Drain must only be
+// called by the ring's single consumer. It returns the number of records and
+// the position up to which the ring has been drained.
+func (r *Ring) Drain(fn func(id uint64, body []byte)) (int, uint64) {
+	t := r.tail.Load()
+	h := r.head.Load()
+	n := 0
+	for t < h {
+		off := t & r.mask
+		w := off / 8
+		hdr := atomic.LoadUint64(&r.words[w])
+		if hdr&flagCommit == 0 {
+			break
+		}
+		if hdr&flagPad != 0 {
+			atomic.StoreUint64(&r.words[w], 0)
+			t += hdr & lenMask
+			continue
+		}
+		l := hdr & lenMask
+		fn(r.words[w+1], r.buf[off+hdrBytes:off+hdrBytes+l])
+		atomic.StoreUint64(&r.words[w], 0)
+		t += recordBytes(int(l))
+		n++
+	}
+	r.tail.Store(t)
+	return n, t
+}
+
+// Used returns the bytes reserved but not yet drained.
+func (r *Ring) Used() int { return int(r.head.Load() - r.tail.Load()) }
+
+// Flushed marks every record below pos as flushed and wakes the goroutines
+// waiting in Wait for them. Only the consumer calls it.
+func (r *Ring) Flushed(pos uint64) {
+	if pos <= r.flushed.Load() {
+		return
+	}
+	r.flushed.Store(pos)
+	ch := make(chan struct{})
+	old := r.gen.Swap(&ch)
+	close(*old)
+}
+
+// Wait blocks until the record ending at pos (as returned by Put) has been
+// flushed. It takes no lock: waiters sleep on a generation channel that the
+// consumer closes, so one flush releases every waiter of its batch together.
+func (r *Ring) Wait(pos uint64) {
+	for r.flushed.Load() < pos {
+		ch := r.gen.Load()
+		if r.flushed.Load() >= pos {
+			return
+		}
+		<-*ch
+	}
+}
+
+// IsFlushed reports whether the record ending at pos has been flushed.
+func (r *Ring) IsFlushed(pos uint64) bool { return r.flushed.Load() >= pos }

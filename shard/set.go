@@ -1,0 +1,213 @@
+// Package shard owns the ingest hot path below HTTP: per-core lock-free rings
+// that HTTP workers write usages into, the block-reserving id allocator, and
+// the drainer goroutines that move committed records to a Sink in batches.
+package shard
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink receives drained records. Shard i's drainer is the only goroutine that
+// calls Append(i, ...) and Flush(i), so a sink may keep per-shard state
+// without locks.
+type Sink interface {
+	// Append takes one record. body is valid only during the call.
+	Append(shard int, id uint64, body []byte)
+	// Flush ends a batch: after it returns, every record appended so far
+	// must be visible to readers (and, for a durable sink, on disk).
+	Flush(shard int) error
+}
+
+// Config configures a Set. The zero value works.
+type Config struct {
+	// Shards is the number of rings; 0 means GOMAXPROCS. It is raised to at
+	// least GOMAXPROCS.
+	Shards int
+	// RingBytes is the capacity of each ring; 0 means 4 MiB.
+	RingBytes int
+	// IDBlock is how many ids a shard leases at a time; 0 means 4096.
+	IDBlock uint64
+	// FirstID is the lowest id to hand out; 0 means 1.
+	FirstID uint64
+	// FlushInterval bounds how long a committed record waits in a ring
+	// before its drainer hands it to the sink; 0 means 10ms.
+	FlushInterval time.Duration
+	// Sink receives the records; nil discards them.
+	Sink Sink
+	// OnFlushError is called by a drainer when Sink.Flush fails; may be nil.
+	OnFlushError func(shard int, err error)
+}
+
+// Set is a group of rings, one drainer goroutine per ring, and the id
+// allocator shared by them.
+type Set struct {
+	rings    []*Ring
+	ids      *IDs
+	sink     Sink
+	interval time.Duration
+	onErr    func(int, error)
+
+	drained []paddedCounter
+	closing atomic.Bool
+	wake    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type paddedCounter struct {
+	n atomic.Uint64
+	_ [cacheLine - 8]byte
+}
+
+type discard struct{}
+
+func (discard) Append(int, uint64, []byte) {}
+func (discard) Flush(int) error            { return nil }
+
+// New starts a Set and its drainers. Call Close to stop them.
+func New(cfg Config) *Set {
+	n := cfg.Shards
+	if p := runtime.GOMAXPROCS(0); n < p {
+		n = p
+	}
+	if cfg.RingBytes <= 0 {
+		cfg.RingBytes = 4 << 20
+	}
+	if cfg.IDBlock == 0 {
+		cfg.IDBlock = 4096
+	}
+	if cfg.FirstID == 0 {
+		cfg.FirstID = 1
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = 10 * time.Millisecond
+	}
+	if cfg.Sink == nil {
+		cfg.Sink = discard{}
+	}
+	s := &Set{
+		rings:    make([]*Ring, n),
+		ids:      NewIDs(n, cfg.IDBlock, cfg.FirstID),
+		sink:     cfg.Sink,
+		interval: cfg.FlushInterval,
+		onErr:    cfg.OnFlushError,
+		drained:  make([]paddedCounter, n),
+		wake:     make(chan struct{}),
+	}
+	for i := range s.rings {
+		s.rings[i] = NewRing(cfg.RingBytes)
+	}
+	s.wg.Add(n)
+	for i := range s.rings {
+		go s.drainer(i)
+	}
+	return s
+}
+
+// Len returns the number of shards.
+func (s *Set) Len() int { return len(s.rings) }
+
+// Ticket identifies a stored record for Wait.
+type Ticket struct {
+	shard int
+	pos   uint64
+}
+
+// Put reserves an id and copies body into the ring of the shard picked by
+// hint (for example a connection id, so one connection's records stay in
+// order and producers rarely share a ring). It never blocks: it returns
+// ErrFull when the ring has no room, or ErrIDsExhausted. body is not
+// retained. Put is safe for concurrent use.
+func (s *Set) Put(hint uint64, body []byte) (uint64, Ticket, error) {
+	i := int(hint % uint64(len(s.rings)))
+	id, err := s.ids.Next(i)
+	if err != nil {
+		return 0, Ticket{}, err
+	}
+	pos, err := s.rings[i].Put(id, body)
+	if err != nil {
+		return 0, Ticket{}, err
+	}
+	return id, Ticket{shard: i, pos: pos}, nil
+}
+
+// Wait blocks until the record of t has been flushed to the sink.
+func (s *Set) Wait(t Ticket) { s.rings[t.shard].Wait(t.pos) }
+
+// Ring returns shard i's ring.
+func (s *Set) Ring(i int) *Ring { return s.rings[i] }
+
+// IDs returns the id allocator.
+func (s *Set) IDs() *IDs { return s.ids }
+
+func (s *Set) drainer(i int) {
+	defer s.wg.Done()
+	r := s.rings[i]
+	t := time.NewTimer(s.interval)
+	defer t.Stop()
+	appendFn := func(id uint64, body []byte) { s.sink.Append(i, id, body) }
+	for {
+		n, pos := r.Drain(appendFn)
+		if n > 0 || pos > r.flushed.Load() {
+			if err := s.sink.Flush(i); err != nil {
+				if s.onErr != nil {
+					s.onErr(i, err)
+				}
+			} else {
+				r.Flushed(pos)
+			}
+			s.drained[i].n.Add(uint64(n))
+		}
+		if s.closing.Load() {
+			if r.Used() == 0 {
+				return
+			}
+			// A producer may still be finishing a record it reserved.
+			runtime.Gosched()
+			continue
+		}
+		if uint64(r.Used()) > r.size/4 {
+			continue // falling behind: drain again at once
+		}
+		t.Reset(s.interval)
+		select {
+		case <-t.C:
+		case <-s.wake:
+		}
+	}
+}
+
+// Close drains every ring into the sink and stops the drainers. The caller
+// must make sure no Put is in progress or will start.
+func (s *Set) Close() {
+	if s.closing.Swap(true) {
+		return
+	}
+	close(s.wake)
+	s.wg.Wait()
+}
+
+// Stats are counters of a Set; fill them with UpdateStats.
+type Stats struct {
+	Shards    int
+	Drained   uint64 // records handed to the sink
+	Full      uint64 // Puts refused because a ring was full
+	RingUsed  []int  // bytes waiting in each ring
+	RingBytes int    // capacity of each ring
+	IDsLeased uint64 // exclusive upper bound of leased ids
+}
+
+// UpdateStats adds the Set's counters to st and overwrites its gauges.
+func (s *Set) UpdateStats(st *Stats) {
+	st.Shards = len(s.rings)
+	st.RingBytes = s.rings[0].Size()
+	st.RingUsed = st.RingUsed[:0]
+	for i, r := range s.rings {
+		st.Drained += s.drained[i].n.Load()
+		st.Full += r.full.Load()
+		st.RingUsed = append(st.RingUsed, r.Used())
+	}
+	st.IDsLeased = s.ids.Leased()
+}
