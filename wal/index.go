@@ -1,0 +1,83 @@
+package wal
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// chunkIDs is how many consecutive ids share one index chunk.
+const chunkIDs = 4096
+
+// Index maps ids to their shard and position: 8 bytes per id in dense,
+// pointer-free chunks of 4096 ids, allocated only for id ranges that hold
+// usages. Set is for drainers, Get for any goroutine; both are safe for
+// concurrent use.
+type Index struct {
+	mu     sync.RWMutex
+	chunks map[uint64]*[chunkIDs]atomic.Uint64
+	n      atomic.Int64
+}
+
+// NewIndex returns an empty index.
+func NewIndex() *Index {
+	return &Index{chunks: make(map[uint64]*[chunkIDs]atomic.Uint64)}
+}
+
+const posBits = 48 // positions up to 256 TiB per shard; the shard in the high bits
+
+// Set records that id is at pos in shard's log.
+func (x *Index) Set(id uint64, shard int, pos uint64) {
+	k := (id - 1) / chunkIDs
+	x.mu.RLock()
+	c := x.chunks[k]
+	x.mu.RUnlock()
+	if c == nil {
+		x.mu.Lock()
+		if c = x.chunks[k]; c == nil {
+			c = new([chunkIDs]atomic.Uint64)
+			x.chunks[k] = c
+		}
+		x.mu.Unlock()
+	}
+	if c[(id-1)%chunkIDs].Swap(uint64(shard)<<posBits|(pos+1)) == 0 {
+		x.n.Add(1)
+	}
+}
+
+// Get returns the shard and position of id.
+func (x *Index) Get(id uint64) (int, uint64, bool) {
+	if id == 0 {
+		return 0, 0, false
+	}
+	x.mu.RLock()
+	c := x.chunks[(id-1)/chunkIDs]
+	x.mu.RUnlock()
+	if c == nil {
+		return 0, 0, false
+	}
+	v := c[(id-1)%chunkIDs].Load()
+	if v == 0 {
+		return 0, 0, false
+	}
+	return int(v >> posBits), v&(1<<posBits-1) - 1, true
+}
+
+// Delete forgets id.
+func (x *Index) Delete(id uint64) {
+	x.mu.RLock()
+	c := x.chunks[(id-1)/chunkIDs]
+	x.mu.RUnlock()
+	if c != nil && c[(id-1)%chunkIDs].Swap(0) != 0 {
+		x.n.Add(-1)
+	}
+}
+
+// Len returns the number of ids indexed.
+func (x *Index) Len() int { return int(x.n.Load()) }
+
+// Bytes returns the memory the index holds.
+func (x *Index) Bytes() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return len(x.chunks) * chunkIDs * 8
+}

@@ -1,0 +1,533 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const segSuffix = ".wal"
+
+// segment is one append-only file of a shard's log. Positions in a shard's
+// log are logical: a record at byte off of the segment named base is at
+// position base+off. Positions only grow.
+type segment struct {
+	base uint64
+	path string
+	f    *os.File
+	size atomic.Int64 // bytes written and flushed; readers never look past it
+	mod  atomic.Int64 // unix nanoseconds of the last flush, for retention
+}
+
+func (s *segment) end() uint64 { return s.base + uint64(s.size.Load()) }
+
+// Log is one shard's log. Append and Flush are for the shard's drainer only;
+// Read and ReadFrom are safe for concurrent use by any goroutine.
+type Log struct {
+	dir      string
+	segBytes int64
+	sync     bool
+
+	mu   sync.RWMutex // guards segs; held shortly, never during I/O by the writer
+	segs []*segment   // by base
+
+	buf   []byte // the batch being built
+	dirty bool   // written since the last fdatasync (memory mode)
+
+	failed bool // a write or fsync failed: nothing is accepted until Recover
+}
+
+// RecoveryStats tell what opening a log found.
+type RecoveryStats struct {
+	Segments       int
+	Records        int
+	Bytes          int64
+	TruncatedBytes int64 // torn tail cut off
+	Repaired       int   // segments moved aside by --repair
+	DroppedRecords int   // valid-looking records after the corruption in repaired segments
+	DroppedBytes   int64
+	MaxID          uint64
+}
+
+// ErrCorruptLog is wrapped by Open when a segment is damaged before its end.
+var ErrCorruptLog = errors.New("wal: corruption in the middle of the log")
+
+// OpenLog opens (creating if needed) the log in dir and recovers it: every
+// segment is scanned, a torn tail of the last segment is truncated to the
+// valid prefix, and visit is called with each valid record's id and
+// position, in log order. Damage before the end of the log is refused with
+// ErrCorruptLog unless repair is set; then the segment is renamed aside with
+// a ".corrupt" suffix and its valid prefix is kept.
+func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id, pos uint64)) (*Log, RecoveryStats, error) {
+	var st RecoveryStats
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, st, fmt.Errorf("cannot create %q: %w", dir, err)
+	}
+	l := &Log{dir: dir, segBytes: segBytes, sync: syncWrites}
+	names, err := segmentNames(dir)
+	if err != nil {
+		return nil, st, err
+	}
+	var buf []byte
+	for i, name := range names {
+		last := i == len(names)-1
+		base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
+		path := filepath.Join(dir, name)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return nil, st, fmt.Errorf("cannot open segment %q: %w", path, err)
+		}
+		buf, err = readAll(f, buf[:0])
+		if err != nil {
+			f.Close()
+			return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
+		}
+		valid, n := scan(buf, base, visit, &st)
+		if valid < len(buf) {
+			next := nextValid(buf, valid+1)
+			if next < 0 && last {
+				// A torn tail: the last batch never finished, so it was never
+				// acknowledged. Keep exactly the valid prefix.
+				if err := truncateSync(f, int64(valid)); err != nil {
+					f.Close()
+					return nil, st, err
+				}
+				st.TruncatedBytes += int64(len(buf) - valid)
+			} else {
+				if !repair {
+					f.Close()
+					return nil, st, fmt.Errorf("%w: segment %q is damaged at byte %d of %d and valid records follow; "+
+						"restore it from a backup, or restart with --repair to move it aside and keep its %d valid records",
+						ErrCorruptLog, path, valid, len(buf), n)
+				}
+				f, err = repairSegment(f, path, buf, valid, &st)
+				if err != nil {
+					return nil, st, err
+				}
+			}
+		}
+		s := &segment{base: base, path: path, f: f}
+		s.size.Store(int64(valid))
+		if fi, err := f.Stat(); err == nil {
+			s.mod.Store(fi.ModTime().UnixNano())
+		}
+		l.segs = append(l.segs, s)
+		st.Segments++
+		st.Bytes += int64(valid)
+	}
+	if len(l.segs) == 0 {
+		if err := l.newSegment(0); err != nil {
+			return nil, st, err
+		}
+	}
+	return l, st, nil
+}
+
+// scan visits the valid prefix of a segment and returns its length and the
+// number of records in it.
+func scan(buf []byte, base uint64, visit func(id, pos uint64), st *RecoveryStats) (int, int) {
+	off, n := 0, 0
+	for off < len(buf) {
+		id, _, size, err := DecodeRecord(buf[off:])
+		if err != nil {
+			break
+		}
+		if visit != nil {
+			visit(id, base+uint64(off))
+		}
+		if id > st.MaxID {
+			st.MaxID = id
+		}
+		off += size
+		n++
+	}
+	st.Records += n
+	return off, n
+}
+
+func repairSegment(f *os.File, path string, buf []byte, valid int, st *RecoveryStats) (*os.File, error) {
+	for off := nextValid(buf, valid+1); off >= 0; {
+		_, _, size, _ := DecodeRecord(buf[off:])
+		st.DroppedRecords++
+		off = nextValid(buf, off+size)
+	}
+	st.DroppedBytes += int64(len(buf) - valid)
+	st.Repaired++
+	f.Close()
+	aside := path + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
+	if err := os.Rename(path, aside); err != nil {
+		return nil, fmt.Errorf("cannot move damaged segment aside: %w", err)
+	}
+	nf, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := nf.Write(buf[:valid]); err != nil {
+		nf.Close()
+		return nil, err
+	}
+	if err := nf.Sync(); err != nil {
+		nf.Close()
+		return nil, err
+	}
+	return nf, syncDir(filepath.Dir(path))
+}
+
+func readAll(f *os.File, buf []byte) ([]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	n := int(fi.Size())
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return buf, nil
+}
+
+func truncateSync(f *os.File, size int64) error {
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("cannot truncate %q: %w", f.Name(), err)
+	}
+	return f.Sync()
+}
+
+func segmentNames(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		name := e.Name()
+		if e.Type().IsRegular() && strings.HasSuffix(name, segSuffix) {
+			if _, err := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64); err == nil {
+				names = append(names, name)
+			}
+		}
+	}
+	sort.Strings(names) // fixed-width names sort by base
+	return names, nil
+}
+
+func segmentName(base uint64) string { return fmt.Sprintf("%020d%s", base, segSuffix) }
+
+// syncDir fsyncs a directory so that a created, renamed or removed file in it
+// survives a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func (l *Log) newSegment(base uint64) error {
+	path := filepath.Join(l.dir, segmentName(base))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("cannot create segment: %w", err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("cannot sync %q: %w", l.dir, err)
+	}
+	s := &segment{base: base, path: path, f: f}
+	s.mod.Store(time.Now().UnixNano())
+	l.mu.Lock()
+	l.segs = append(l.segs, s)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *Log) active() *segment {
+	l.mu.RLock()
+	s := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	return s
+}
+
+// Append adds a record to the current batch and returns its position. When
+// the batch would overflow the segment, the batch so far is written and
+// synced and a new segment is started first.
+func (l *Log) Append(id uint64, body []byte) (uint64, error) {
+	s := l.active()
+	size := int64(RecordSize(len(body)))
+	if cur := s.size.Load() + int64(len(l.buf)); cur > 0 && cur+size > l.segBytes {
+		if err := l.write(s, true); err != nil {
+			return 0, err
+		}
+		if err := l.newSegment(s.end()); err != nil {
+			return 0, err
+		}
+		s = l.active()
+	}
+	pos := s.end() + uint64(len(l.buf))
+	l.buf = AppendRecord(l.buf, id, body)
+	return pos, nil
+}
+
+// Pending reports whether a batch is waiting for Flush.
+func (l *Log) Pending() bool { return len(l.buf) > 0 }
+
+// Flush writes the batch with one write and, in sync mode, one fdatasync.
+// On error nothing of the batch counts as written: a partial write is cut
+// off again, and the log refuses further batches until Recover succeeds
+// (after a failed fsync the page cache can no longer be trusted, so the
+// fsync is never simply retried).
+func (l *Log) Flush() error {
+	return l.write(l.active(), l.sync)
+}
+
+func (l *Log) write(s *segment, syncNow bool) error {
+	if l.failed {
+		l.buf = l.buf[:0]
+		return ErrFailed
+	}
+	if len(l.buf) > 0 {
+		off := s.size.Load()
+		if _, err := s.f.WriteAt(l.buf, off); err != nil {
+			l.buf = l.buf[:0]
+			l.failed = true
+			return fmt.Errorf("wal: write %q: %w", s.path, err)
+		}
+		l.dirty = true
+		if syncNow {
+			if err := fdatasync(s.f); err != nil {
+				l.buf = l.buf[:0]
+				l.failed = true
+				return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
+			}
+			l.dirty = false
+		}
+		s.size.Store(off + int64(len(l.buf)))
+		s.mod.Store(time.Now().UnixNano())
+		l.buf = l.buf[:0]
+	} else if syncNow && l.dirty {
+		if err := fdatasync(s.f); err != nil {
+			l.failed = true
+			return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
+		}
+		l.dirty = false
+	}
+	return nil
+}
+
+// ErrFailed is returned by Flush while the log is refusing writes after a
+// failure.
+var ErrFailed = errors.New("wal: log is read-only after a write failure")
+
+// Sync makes everything flushed so far durable (memory mode, shutdown).
+func (l *Log) Sync() error { return l.write(l.active(), true) }
+
+// Recover tries to leave the failed state: the active segment is cut back to
+// its last good size and synced, and a probe write is synced. It returns nil
+// when the log accepts writes again.
+func (l *Log) Recover() error {
+	if !l.failed {
+		return nil
+	}
+	s := l.active()
+	if err := truncateSync(s.f, s.size.Load()); err != nil {
+		return err
+	}
+	probe := filepath.Join(l.dir, ".probe")
+	f, err := os.Create(probe)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(make([]byte, 64<<10))
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	os.Remove(probe)
+	if err != nil {
+		return err
+	}
+	l.failed = false
+	l.dirty = false
+	return nil
+}
+
+// Failed reports whether the log refuses writes.
+func (l *Log) Failed() bool { return l.failed }
+
+// segmentFor returns the segment holding pos, or nil.
+func (l *Log) segmentFor(pos uint64) *segment {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > pos }) - 1
+	if i < 0 {
+		return nil
+	}
+	return l.segs[i]
+}
+
+// Read appends the body of the record at pos to dst and returns it with the
+// record's id. It fails for positions that are not flushed.
+func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
+	s := l.segmentFor(pos)
+	if s == nil {
+		return dst, 0, ErrNotFound
+	}
+	off := int64(pos - s.base)
+	size := s.size.Load()
+	if off+headerSize > size {
+		return dst, 0, ErrNotFound
+	}
+	// One pread for typical records; a second only for large ones.
+	want := int64(512)
+	if off+want > size {
+		want = size - off
+	}
+	start := len(dst)
+	dst = append(dst, make([]byte, want)...)
+	if _, err := s.f.ReadAt(dst[start:], off); err != nil {
+		return dst[:start], 0, err
+	}
+	n := int64(headerSize) + int64(uint32(dst[start])|uint32(dst[start+1])<<8|uint32(dst[start+2])<<16|uint32(dst[start+3])<<24)
+	if n > want {
+		if off+n > size {
+			return dst[:start], 0, ErrCorrupt
+		}
+		dst = append(dst[:start+int(want)], make([]byte, n-want)...)
+		if _, err := s.f.ReadAt(dst[start+int(want):], off+want); err != nil {
+			return dst[:start], 0, err
+		}
+	}
+	id, body, _, err := DecodeRecord(dst[start:])
+	if err != nil {
+		return dst[:start], 0, err
+	}
+	copy(dst[start:], body)
+	return dst[:start+len(body)], id, nil
+}
+
+// ErrNotFound is returned by Read for a position outside the log.
+var ErrNotFound = errors.New("wal: no record at this position")
+
+// End returns the position just past the last flushed record.
+func (l *Log) End() uint64 { return l.active().end() }
+
+// ReadFrom decodes flushed records starting at pos (a record boundary, as
+// returned in a cursor) and calls fn for each, until fn returns false or the
+// log's end. It returns the position after the last record passed to fn.
+// Positions inside segments removed by retention skip to the oldest kept one.
+func (l *Log) ReadFrom(pos uint64, buf []byte, fn func(id uint64, body []byte) bool) (uint64, []byte, error) {
+	for {
+		l.mu.RLock()
+		var s *segment
+		for _, cand := range l.segs {
+			if cand.end() > pos {
+				s = cand
+				break
+			}
+		}
+		l.mu.RUnlock()
+		if s == nil {
+			return pos, buf, nil
+		}
+		if pos < s.base {
+			pos = s.base
+		}
+		off := int64(pos - s.base)
+		size := s.size.Load()
+		for off < size {
+			chunk := int64(256 << 10)
+			if off+chunk > size {
+				chunk = size - off
+			}
+			if int64(cap(buf)) < chunk {
+				buf = make([]byte, chunk)
+			}
+			buf = buf[:chunk]
+			if _, err := s.f.ReadAt(buf, off); err != nil {
+				return pos, buf, err
+			}
+			used := 0
+			for used < len(buf) {
+				id, body, n, err := DecodeRecord(buf[used:])
+				if errors.Is(err, ErrTorn) && used > 0 {
+					break // the rest is in the next chunk
+				}
+				if errors.Is(err, ErrTorn) {
+					// A record larger than the chunk.
+					rec := make([]byte, RecordSize(int(uint32(buf[used])|uint32(buf[used+1])<<8|uint32(buf[used+2])<<16|uint32(buf[used+3])<<24)))
+					if _, err := s.f.ReadAt(rec, off); err != nil {
+						return pos, buf, err
+					}
+					id, body, n, err = DecodeRecord(rec)
+					if err != nil {
+						return pos, buf, err
+					}
+				} else if err != nil {
+					return pos, buf, err
+				}
+				if !fn(id, body) {
+					return pos, buf, nil
+				}
+				used += n
+				off += int64(n)
+				pos = s.base + uint64(off)
+			}
+		}
+		pos = s.end() // and on to the next segment, if any
+	}
+}
+
+// RemoveBefore deletes whole segments, except the active one, whose last
+// flush is older than cutoff and that end at or before keep (everything
+// below keep has been exported or forwarded). It returns how many it removed.
+func (l *Log) RemoveBefore(cutoff time.Time, keep uint64) (int, error) {
+	l.mu.Lock()
+	var gone []*segment
+	kept := l.segs[:0]
+	for i, s := range l.segs {
+		if i < len(l.segs)-1 && s.mod.Load() < cutoff.UnixNano() && s.end() <= keep {
+			gone = append(gone, s)
+			continue
+		}
+		kept = append(kept, s)
+	}
+	l.segs = kept
+	l.mu.Unlock()
+	for _, s := range gone {
+		s.f.Close()
+		if err := os.Remove(s.path); err != nil {
+			return len(gone), err
+		}
+	}
+	if len(gone) > 0 {
+		return len(gone), syncDir(l.dir)
+	}
+	return 0, nil
+}
+
+// Close syncs and closes the log.
+func (l *Log) Close() error {
+	err := l.Sync()
+	l.mu.Lock()
+	for _, s := range l.segs {
+		if cerr := s.f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	l.segs = nil
+	l.mu.Unlock()
+	return err
+}

@@ -1,0 +1,339 @@
+package wal
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func testBody(id uint64) []byte {
+	return []byte(fmt.Sprintf(`{"patientId":%d,"timestamp":"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)","medication":"Albuterol"}`, id))
+}
+
+// writeLog writes ids 1..n to a new log in dir, flushing every batch records.
+func writeLog(t *testing.T, dir string, n, batch int) []uint64 {
+	t.Helper()
+	l, _, err := OpenLog(dir, 64<<20, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ends []uint64
+	for id := uint64(1); id <= uint64(n); id++ {
+		pos, err := l.Append(id, testBody(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, pos+uint64(RecordSize(len(testBody(id)))))
+		if int(id)%batch == 0 {
+			if err := l.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return ends
+}
+
+type recovered struct {
+	ids []uint64
+	st  RecoveryStats
+	err error
+}
+
+func recoverLog(t *testing.T, dir string, repair bool) recovered {
+	t.Helper()
+	var r recovered
+	l, st, err := OpenLog(dir, 64<<20, true, repair, func(id, pos uint64) { r.ids = append(r.ids, id) })
+	r.st, r.err = st, err
+	if err == nil {
+		// Every recovered record reads back by position.
+		var got int
+		_, _, rerr := l.ReadFrom(0, nil, func(id uint64, body []byte) bool {
+			if !bytes.Equal(body, testBody(id)) {
+				t.Fatalf("record %d reads back as %q", id, body)
+			}
+			got++
+			return true
+		})
+		if rerr != nil || got != len(r.ids) {
+			t.Fatalf("ReadFrom: %v, %d records, recovered %d", rerr, got, len(r.ids))
+		}
+		l.Close()
+	}
+	return r
+}
+
+func segPath(t *testing.T, dir string) string {
+	t.Helper()
+	names, err := segmentNames(dir)
+	if err != nil || len(names) == 0 {
+		t.Fatalf("no segment: %v", err)
+	}
+	return filepath.Join(dir, names[len(names)-1])
+}
+
+func checkPrefix(t *testing.T, ids []uint64, n int) {
+	t.Helper()
+	if len(ids) != n {
+		t.Fatalf("recovered %d records, want %d", len(ids), n)
+	}
+	for i, id := range ids {
+		if id != uint64(i+1) {
+			t.Fatalf("record %d has id %d", i, id)
+		}
+	}
+}
+
+// TestTornTailEveryOffset cuts the log at every byte of its last records: the
+// recovered log is exactly the records that end before the cut.
+func TestTornTailEveryOffset(t *testing.T) {
+	src := t.TempDir()
+	ends := writeLog(t, src, 20, 5)
+	full, err := os.ReadFile(segPath(t, src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := int(ends[14]) // the last five records and everything inside them
+	for cut := from; cut <= len(full); cut++ {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, segmentName(0)), full[:cut], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := recoverLog(t, dir, false)
+		if r.err != nil {
+			t.Fatalf("cut at %d: %v", cut, r.err)
+		}
+		want := 0
+		for want < len(ends) && int(ends[want]) <= cut {
+			want++
+		}
+		checkPrefix(t, r.ids, want)
+		fi, _ := os.Stat(filepath.Join(dir, segmentName(0)))
+		if fi.Size() != int64(ends[want-1]) {
+			t.Fatalf("cut at %d: file is %d bytes after recovery, want %d", cut, fi.Size(), ends[want-1])
+		}
+		// Appends after the repair survive a second crash.
+		l, _, err := OpenLog(dir, 64<<20, true, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := uint64(want + 1)
+		if _, err := l.Append(next, testBody(next)); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// No Close: the process "dies" here.
+		r2 := recoverLog(t, dir, false)
+		checkPrefix(t, r2.ids, want+1)
+		l.Close()
+	}
+}
+
+func TestZeroedSectorAndFlippedBit(t *testing.T) {
+	f := func(name string, damage func(b []byte), wantRecords int, wantCorrupt bool) {
+		t.Helper()
+		dir := t.TempDir()
+		writeLog(t, dir, 200, 10)
+		path := segPath(t, dir)
+		b, _ := os.ReadFile(path)
+		damage(b)
+		os.WriteFile(path, b, 0o644)
+		r := recoverLog(t, dir, false)
+		if wantCorrupt {
+			if !errors.Is(r.err, ErrCorruptLog) {
+				t.Fatalf("%s: recovery did not refuse: %v", name, r.err)
+			}
+			// --repair keeps exactly the valid prefix and moves the segment aside.
+			r = recoverLog(t, dir, true)
+			if r.err != nil {
+				t.Fatalf("%s: repair: %v", name, r.err)
+			}
+			if r.st.Repaired != 1 || r.st.DroppedRecords == 0 {
+				t.Fatalf("%s: repair stats %+v", name, r.st)
+			}
+			aside, _ := filepath.Glob(path + ".corrupt-*")
+			if len(aside) != 1 {
+				t.Fatalf("%s: damaged segment not moved aside: %v", name, aside)
+			}
+			// The repaired log opens cleanly and takes appends that survive.
+			l, _, err := OpenLog(dir, 64<<20, true, false, nil)
+			if err != nil {
+				t.Fatalf("%s: reopen after repair: %v", name, err)
+			}
+			l.Append(1000, testBody(1000))
+			if err := l.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			r2 := recoverLog(t, dir, false)
+			if r2.err != nil || len(r2.ids) != len(r.ids)+1 || r2.ids[len(r2.ids)-1] != 1000 {
+				t.Fatalf("%s: after repair and append: %v, %d ids", name, r2.err, len(r2.ids))
+			}
+			l.Close()
+		} else if r.err != nil {
+			t.Fatalf("%s: %v", name, r.err)
+		}
+		checkPrefix(t, r.ids, wantRecords)
+	}
+	rec := RecordSize(len(testBody(100))) // ids 100..199 have equal sizes
+	off100 := 0
+	for id := uint64(1); id < 100; id++ {
+		off100 += RecordSize(len(testBody(id)))
+	}
+	f("zeroed sector in the middle", func(b []byte) {
+		for i := off100 + 3; i < off100+3+512; i++ {
+			b[i] = 0
+		}
+	}, 99, true)
+	f("flipped bit in the middle", func(b []byte) { b[off100+rec/2] ^= 0x10 }, 99, true)
+	f("flipped bit in a length", func(b []byte) { b[off100+1] ^= 0x01 }, 99, true)
+	f("zeroed last sector", func(b []byte) {
+		for i := len(b) - 512; i < len(b); i++ {
+			b[i] = 0
+		}
+	}, 200-(512+rec-1)/rec, false)
+}
+
+func TestLogRollsAndReadsAcrossSegments(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := OpenLog(dir, 4096, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[uint64]uint64{}
+	for id := uint64(1); id <= 500; id++ {
+		p, err := l.Append(id, testBody(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos[id] = p
+		if id%7 == 0 {
+			if err := l.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	l.Flush()
+	names, _ := segmentNames(dir)
+	if len(names) < 10 {
+		t.Fatalf("%d segments, want rolling at 4 KiB", len(names))
+	}
+	for id, p := range pos {
+		body, got, err := l.Read(nil, p)
+		if err != nil || got != id || !bytes.Equal(body, testBody(id)) {
+			t.Fatalf("Read(%d) = %q, %d, %v", p, body, got, err)
+		}
+	}
+	// ReadFrom resumes exactly at a returned position.
+	var seen []uint64
+	cur := uint64(0)
+	for {
+		n := 0
+		next, _, err := l.ReadFrom(cur, nil, func(id uint64, body []byte) bool {
+			if n == 13 {
+				return false
+			}
+			seen = append(seen, id)
+			n++
+			return true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		cur = next
+	}
+	checkPrefix(t, seen, 500)
+	// Retention removes old segments, never the active one.
+	removed, err := l.RemoveBefore(time.Now().Add(time.Hour), ^uint64(0))
+	if err != nil || removed != len(names)-1 {
+		t.Fatalf("removed %d of %d segments: %v", removed, len(names), err)
+	}
+	l.Close()
+	r := recoverLog(t, dir, false)
+	if r.err != nil || len(r.ids) == 0 || r.ids[len(r.ids)-1] != 500 {
+		t.Fatalf("after retention: %v %v", r.err, r.ids)
+	}
+}
+
+func TestLeaseSurvivesTornSlot(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenLease(dir)
+	if err != nil || l.Bound() != 0 {
+		t.Fatalf("new lease: %v %d", err, l.Bound())
+	}
+	for _, b := range []uint64{4097, 8193, 12289} {
+		if err := l.Extend(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	l, _ = OpenLease(dir)
+	if l.Bound() != 12289 {
+		t.Fatalf("bound %d after reopen", l.Bound())
+	}
+	l.Close()
+	// Tear the newest slot: the previous bound survives (ids below it were
+	// never handed out beyond it, because Extend returned before use).
+	path := filepath.Join(dir, leaseFile)
+	b, _ := os.ReadFile(path)
+	b[(3%2)*slotSize+20] ^= 0xff
+	os.WriteFile(path, b, 0o644)
+	l, _ = OpenLease(dir)
+	if l.Bound() != 8193 {
+		t.Fatalf("bound %d after a torn slot, want 8193", l.Bound())
+	}
+	l.Close()
+}
+
+func TestLockDir(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := Open(Options{Dir: dir, Shards: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Open(Options{Dir: dir, Shards: 2}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open: %v, want ErrLocked", err)
+	}
+	s.Close()
+	s, _, err = Open(Options{Dir: dir, Shards: 2})
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	s.Close()
+}
+
+func TestIndex(t *testing.T) {
+	x := NewIndex()
+	f := func(id uint64, shard int, pos uint64) {
+		t.Helper()
+		x.Set(id, shard, pos)
+		s, p, ok := x.Get(id)
+		if !ok || s != shard || p != pos {
+			t.Fatalf("Get(%d) = %d, %d, %v; want %d, %d", id, s, p, ok, shard, pos)
+		}
+	}
+	f(1, 0, 0)
+	f(4096, 3, 1<<40)
+	f(4097, 65535, 12345)
+	f(1<<52, 7, 99)
+	if _, _, ok := x.Get(2); ok {
+		t.Fatal("Get of an unset id succeeded")
+	}
+	if x.Len() != 4 {
+		t.Fatalf("Len %d", x.Len())
+	}
+	x.Delete(4096)
+	if _, _, ok := x.Get(4096); ok || x.Len() != 3 {
+		t.Fatal("Delete did not forget")
+	}
+}
