@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"math/bits"
 	"sync/atomic"
 )
 
@@ -11,12 +12,6 @@ const MaxID = 1 << 53
 
 // MaxIDBlock is the largest id block IDs accepts.
 const MaxIDBlock = 1 << 22
-
-// offBits is how many low bits of a shard's state count ids taken from its
-// current block; the high bits hold the block number plus one. The spare bits
-// above MaxIDBlock absorb the increments of producers that race past the end
-// of a block before one of them installs the next.
-const offBits = 32
 
 // ErrIDsExhausted is returned once ids would reach MaxID.
 var ErrIDsExhausted = errors.New("shard: ids exhausted")
@@ -28,10 +23,17 @@ var ErrIDsExhausted = errors.New("shard: ids exhausted")
 // but not globally, and a block abandoned in a race leaves a gap: ids may
 // skip, never repeat.
 type IDs struct {
-	block  uint64
-	blocks atomic.Uint64 // number of the next block to lease, from 0
-	_      [cacheLine - 8]byte
-	shards []idShard
+	block uint64
+	// offBits is how many low bits of a shard's state count ids taken
+	// from its current block; the high bits hold the block number plus
+	// one, which needs up to bits.Len64(MaxID/block+1) bits. The spare
+	// bits above block absorb the increments of producers that race past
+	// the end of a block before one of them installs the next: at least
+	// 1023*block of them.
+	offBits uint
+	blocks  atomic.Uint64 // number of the next block to lease, from 0
+	_       [cacheLine - 8]byte
+	shards  []idShard
 }
 
 type idShard struct {
@@ -47,6 +49,7 @@ func NewIDs(n int, block, first uint64) *IDs {
 		panic("BUG: shard.NewIDs: invalid arguments")
 	}
 	a := &IDs{block: block, shards: make([]idShard, n)}
+	a.offBits = uint(64 - bits.Len64(MaxID/block+1))
 	a.blocks.Store((first - 1 + block - 1) / block)
 	return a
 }
@@ -63,7 +66,7 @@ func (a *IDs) Next(i int) (uint64, error) {
 	s := &a.shards[i]
 	for {
 		v := s.state.Add(1) - 1
-		blk, off := v>>offBits, v&(1<<offBits-1)
+		blk, off := v>>a.offBits, v&(1<<a.offBits-1)
 		if blk != 0 && off < a.block {
 			id := (blk-1)*a.block + off + 1
 			if id >= MaxID {
@@ -73,13 +76,18 @@ func (a *IDs) Next(i int) (uint64, error) {
 		}
 		// The block is used up (or none was leased yet): lease the next
 		// one and install it, unless another producer already did.
+		if a.blocks.Load()*a.block+1 >= MaxID {
+			// Stop leasing, or the block number would eventually
+			// overflow its bits in state.
+			return 0, ErrIDsExhausted
+		}
 		nb := a.blocks.Add(1) - 1
 		for {
 			cur := s.state.Load()
-			if cur>>offBits != blk {
+			if cur>>a.offBits != blk {
 				break // someone else installed a block; nb is skipped
 			}
-			if s.state.CompareAndSwap(cur, (nb+1)<<offBits|1) {
+			if s.state.CompareAndSwap(cur, (nb+1)<<a.offBits|1) {
 				id := nb*a.block + 1
 				if id >= MaxID {
 					return 0, ErrIDsExhausted

@@ -17,8 +17,9 @@ const cacheLine = 64
 //	body, padded to a multiple of 8 bytes
 //
 // The header is written last with an atomic store; its commit flag is what
-// the consumer waits for. The consumer zeroes the header before it releases
-// the space, so a stale commit flag is never seen after the ring wraps.
+// the consumer waits for. The consumer zeroes all the space it drained (not
+// only the headers: a later record may start where a body or id was) before
+// it releases it, so a stale commit flag is never seen after the ring wraps.
 const (
 	hdrBytes   = 16
 	flagCommit = 1 << 32
@@ -64,7 +65,7 @@ type Ring struct {
 // least 4 KiB.
 func NewRing(size int) *Ring {
 	n := uint64(4096)
-	for n < uint64(size) {
+	for size > 0 && n < uint64(size) {
 		n <<= 1
 	}
 	words := make([]uint64, n/8)
@@ -96,14 +97,20 @@ func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
 		return 0, ErrFull
 	}
 	for {
-		h := r.head.Load()
+		// Load tail first: tail never passes head, so h-t cannot wrap.
+		// If the ring looks full, tail is read again below: when it has
+		// not moved, (h, t) was a true snapshot and the ring was full.
 		t := r.tail.Load()
+		h := r.head.Load()
 		off := h & r.mask
 		pad := uint64(0)
 		if off+need > r.size {
 			pad = r.size - off
 		}
 		if h+pad+need-t > r.size {
+			if r.tail.Load() != t {
+				continue // the consumer freed space since we read tail
+			}
 			r.full.Add(1)
 			return 0, ErrFull
 		}
@@ -130,8 +137,9 @@ func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
 // called by the ring's single consumer. It returns the number of records and
 // the position up to which the ring has been drained.
 func (r *Ring) Drain(fn func(id uint64, body []byte)) (int, uint64) {
-	t := r.tail.Load()
+	start := r.tail.Load()
 	h := r.head.Load()
+	t := start
 	n := 0
 	for t < h {
 		off := t & r.mask
@@ -141,22 +149,37 @@ func (r *Ring) Drain(fn func(id uint64, body []byte)) (int, uint64) {
 			break
 		}
 		if hdr&flagPad != 0 {
-			atomic.StoreUint64(&r.words[w], 0)
 			t += hdr & lenMask
 			continue
 		}
 		l := hdr & lenMask
-		fn(r.words[w+1], r.buf[off+hdrBytes:off+hdrBytes+l])
-		atomic.StoreUint64(&r.words[w], 0)
+		fn(r.words[w+1], r.buf[off+hdrBytes:off+hdrBytes+l:off+hdrBytes+l])
 		t += recordBytes(int(l))
 		n++
 	}
+	// Zero all the released space, not just the headers: a later record
+	// may start where a body was, and a producer that has reserved it but
+	// not yet committed must leave a zero header there, not stale bytes.
+	r.zero(start, t)
 	r.tail.Store(t)
 	return n, t
 }
 
+// zero clears the ring bytes at positions [from, to), to-from <= size.
+func (r *Ring) zero(from, to uint64) {
+	for from < to {
+		off := from & r.mask
+		n := min(to-from, r.size-off)
+		clear(r.words[off/8 : (off+n)/8])
+		from += n
+	}
+}
+
 // Used returns the bytes reserved but not yet drained.
-func (r *Ring) Used() int { return int(r.head.Load() - r.tail.Load()) }
+func (r *Ring) Used() int {
+	t := r.tail.Load() // first: tail never passes head
+	return int(r.head.Load() - t)
+}
 
 // Flushed marks every record below pos as flushed and wakes the goroutines
 // waiting in Wait for them. Only the consumer calls it.
