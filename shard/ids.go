@@ -32,7 +32,8 @@ type IDs struct {
 	// 1023*block of them.
 	offBits uint
 	blocks  atomic.Uint64 // number of the next block to lease, from 0
-	_       [cacheLine - 8]byte
+	limit   atomic.Uint64 // blocks below limit may be leased (durably reserved)
+	_       [cacheLine - 16]byte
 	shards  []idShard
 }
 
@@ -51,8 +52,25 @@ func NewIDs(n int, block, first uint64) *IDs {
 	a := &IDs{block: block, shards: make([]idShard, n)}
 	a.offBits = uint(64 - bits.Len64(MaxID/block+1))
 	a.blocks.Store((first - 1 + block - 1) / block)
+	a.limit.Store(^uint64(0))
 	return a
 }
+
+// ErrIDsUnavailable is returned when every durably reserved block is in use
+// and the next reservation has not completed yet. The caller should answer
+// 503 and let the client retry: handing out an unreserved id could repeat it
+// after a crash.
+var ErrIDsUnavailable = errors.New("shard: no reserved ids left")
+
+// SetLimit allows blocks below limit (a block number) to be leased. Until it
+// is called there is no limit.
+func (a *IDs) SetLimit(limit uint64) { a.limit.Store(limit) }
+
+// Limit returns the block limit.
+func (a *IDs) Limit() uint64 { return a.limit.Load() }
+
+// NextBlock returns the number of the next block to be leased.
+func (a *IDs) NextBlock() uint64 { return a.blocks.Load() }
 
 // Block returns the size of an id block.
 func (a *IDs) Block() uint64 { return a.block }
@@ -76,12 +94,25 @@ func (a *IDs) Next(i int) (uint64, error) {
 		}
 		// The block is used up (or none was leased yet): lease the next
 		// one and install it, unless another producer already did.
-		if a.blocks.Load()*a.block+1 >= MaxID {
-			// Stop leasing, or the block number would eventually
-			// overflow its bits in state.
-			return 0, ErrIDsExhausted
+		var nb uint64
+		for {
+			nb = a.blocks.Load()
+			var err error
+			if nb*a.block+1 >= MaxID {
+				// Stop leasing, or the block number would eventually
+				// overflow its bits in state.
+				err = ErrIDsExhausted
+			} else if nb >= a.limit.Load() {
+				err = ErrIDsUnavailable
+			}
+			if err != nil {
+				s.clamp(blk, a)
+				return 0, err
+			}
+			if a.blocks.CompareAndSwap(nb, nb+1) {
+				break
+			}
 		}
-		nb := a.blocks.Add(1) - 1
 		for {
 			cur := s.state.Load()
 			if cur>>a.offBits != blk {
@@ -94,6 +125,21 @@ func (a *IDs) Next(i int) (uint64, error) {
 				}
 				return id, nil
 			}
+		}
+	}
+}
+
+// clamp undoes the increments of failed attempts on an exhausted block, so
+// that callers refused for a long time (ids unavailable) cannot carry the
+// offset into the block number's bits.
+func (s *idShard) clamp(blk uint64, a *IDs) {
+	for {
+		cur := s.state.Load()
+		if cur>>a.offBits != blk || cur&(1<<a.offBits-1) <= a.block {
+			return
+		}
+		if s.state.CompareAndSwap(cur, blk<<a.offBits|a.block) {
+			return
 		}
 	}
 }

@@ -49,9 +49,14 @@ type Ring struct {
 	tail atomic.Uint64 // everything below tail is free; consumer-owned
 	_    [cacheLine - 8]byte
 
-	flushed atomic.Uint64 // everything below flushed has reached the sink
+	flushed atomic.Uint64 // the outcome of everything below flushed is known
 	gen     atomic.Pointer[chan struct{}]
 	_       [cacheLine - 16]byte
+
+	// fails counts failed batches; failLog keeps the last failHistory of
+	// them, so a waiter can tell whether its record's batch failed.
+	fails   atomic.Uint64
+	failLog [failHistory]struct{ start, end atomic.Uint64 }
 
 	mask  uint64
 	size  uint64
@@ -204,6 +209,50 @@ func (r *Ring) Wait(pos uint64) {
 		}
 		<-*ch
 	}
+}
+
+// failHistory is how many failed batches a waiter can look back on; a waiter
+// that slept through more failures than that counts its record as failed.
+const failHistory = 64
+
+// ErrFlushFailed is returned by Outcome for a record whose batch could not be
+// flushed. The record is not stored and must not be acknowledged.
+var ErrFlushFailed = errors.New("shard: flushing the record failed")
+
+// FailSeq returns the failure sequence to pass to Outcome; read it before
+// Put.
+func (r *Ring) FailSeq() uint64 { return r.fails.Load() }
+
+// Fail marks the records ending in (start, end] as failed and then as done,
+// waking their waiters. Only the consumer calls it.
+func (r *Ring) Fail(start, end uint64) {
+	k := r.fails.Load()
+	e := &r.failLog[k%failHistory]
+	e.start.Store(start)
+	e.end.Store(end)
+	r.fails.Store(k + 1)
+	r.Flushed(end)
+}
+
+// Outcome waits until the record ending at pos is done and reports whether
+// it was flushed (nil) or its batch failed (ErrFlushFailed). seq is FailSeq
+// as read before the record's Put.
+func (r *Ring) Outcome(pos, seq uint64) error {
+	r.Wait(pos)
+	n := r.fails.Load()
+	if n-seq > failHistory {
+		return ErrFlushFailed
+	}
+	for k := seq; k < n; k++ {
+		e := &r.failLog[k%failHistory]
+		if pos > e.start.Load() && pos <= e.end.Load() {
+			return ErrFlushFailed
+		}
+	}
+	if r.fails.Load()-seq > failHistory {
+		return ErrFlushFailed // the log was overwritten while we read it
+	}
+	return nil
 }
 
 // IsFlushed reports whether the record ending at pos has been flushed.

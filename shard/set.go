@@ -4,6 +4,7 @@
 package shard
 
 import (
+	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -37,9 +38,35 @@ type Config struct {
 	FlushInterval time.Duration
 	// Sink receives the records; nil discards them.
 	Sink Sink
-	// OnFlushError is called by a drainer when Sink.Flush fails; may be nil.
+	// OnFlushError is called by a drainer when Sink.Flush fails and the
+	// shard stops accepting records; may be nil.
 	OnFlushError func(shard int, err error)
+	// OnRecover is called when a failed shard accepts records again; may be
+	// nil. Recovery is attempted every RecoverInterval (default 1s) if the
+	// Sink has a method Recover(shard int) error.
+	OnRecover       func(shard int)
+	RecoverInterval time.Duration
+	// Eager makes a drainer go on at once while records are waiting,
+	// instead of sleeping FlushInterval between batches, and lets Wait
+	// wake a sleeping drainer. Use it when workers wait for flushes (fsync
+	// acknowledgement): batches then form while the previous one syncs.
+	Eager bool
+	// LeaseIDs, if set, durably reserves every id below upTo before any of
+	// them is handed out. The Set calls it at start and in the background,
+	// LeaseWindow blocks ahead, so Put never waits for it. While no
+	// reserved id is left, Put returns ErrIDsUnavailable.
+	LeaseIDs     func(upTo uint64) error
+	LeaseWindow  uint64
+	OnLeaseError func(err error)
 }
+
+// Recoverer is implemented by sinks that can leave a failed state.
+type Recoverer interface {
+	Recover(shard int) error
+}
+
+// ErrUnavailable is returned by Put while the shard's sink is failing.
+var ErrUnavailable = errors.New("shard: store is failing; not accepting records")
 
 // Set is a group of rings, one drainer goroutine per ring, and the id
 // allocator shared by them.
@@ -54,6 +81,27 @@ type Set struct {
 	closing atomic.Bool
 	wake    chan struct{}
 	wg      sync.WaitGroup
+
+	eager      bool
+	sleepers   []sleeper
+	failed     []failFlag
+	onRecover  func(int)
+	recoverInt time.Duration
+
+	lease        func(uint64) error
+	leaseWindow  uint64
+	onLeaseError func(error)
+}
+
+// sleeper holds the channel a sleeping drainer waits on; nil while awake.
+type sleeper struct {
+	ch atomic.Pointer[chan struct{}]
+	_  [cacheLine - 8]byte
+}
+
+type failFlag struct {
+	v atomic.Bool
+	_ [cacheLine - 4]byte
 }
 
 type paddedCounter struct {
@@ -95,6 +143,27 @@ func New(cfg Config) *Set {
 		onErr:    cfg.OnFlushError,
 		drained:  make([]paddedCounter, n),
 		wake:     make(chan struct{}),
+
+		eager:        cfg.Eager,
+		sleepers:     make([]sleeper, n),
+		failed:       make([]failFlag, n),
+		onRecover:    cfg.OnRecover,
+		recoverInt:   cfg.RecoverInterval,
+		lease:        cfg.LeaseIDs,
+		leaseWindow:  cfg.LeaseWindow,
+		onLeaseError: cfg.OnLeaseError,
+	}
+	if s.recoverInt <= 0 {
+		s.recoverInt = time.Second
+	}
+	if s.lease != nil {
+		if s.leaseWindow == 0 {
+			s.leaseWindow = max(64, 16*uint64(n))
+		}
+		s.ids.SetLimit(s.ids.NextBlock())
+		s.extendLease()
+		s.wg.Add(1)
+		go s.leaser()
 	}
 	for i := range s.rings {
 		s.rings[i] = NewRing(cfg.RingBytes)
@@ -113,6 +182,7 @@ func (s *Set) Len() int { return len(s.rings) }
 type Ticket struct {
 	shard int
 	pos   uint64
+	seq   uint64
 }
 
 // Put reserves an id and copies body into the ring of the shard picked by
@@ -122,19 +192,73 @@ type Ticket struct {
 // retained. Put is safe for concurrent use.
 func (s *Set) Put(hint uint64, body []byte) (uint64, Ticket, error) {
 	i := int(hint % uint64(len(s.rings)))
+	if s.failed[i].v.Load() {
+		return 0, Ticket{}, ErrUnavailable
+	}
 	id, err := s.ids.Next(i)
 	if err != nil {
 		return 0, Ticket{}, err
 	}
-	pos, err := s.rings[i].Put(id, body)
+	r := s.rings[i]
+	seq := r.FailSeq()
+	pos, err := r.Put(id, body)
 	if err != nil {
 		return 0, Ticket{}, err
 	}
-	return id, Ticket{shard: i, pos: pos}, nil
+	return id, Ticket{shard: i, pos: pos, seq: seq}, nil
 }
 
-// Wait blocks until the record of t has been flushed to the sink.
-func (s *Set) Wait(t Ticket) { s.rings[t.shard].Wait(t.pos) }
+// Wait blocks until the record of t has been flushed to the sink and
+// returns nil, or ErrFlushFailed if its batch failed. It takes no lock: it
+// waits on the shard's durable watermark, waking the drainer if it sleeps.
+func (s *Set) Wait(t Ticket) error {
+	r := s.rings[t.shard]
+	if !r.IsFlushed(t.pos) {
+		s.poke(t.shard)
+	}
+	return r.Outcome(t.pos, t.seq)
+}
+
+// poke wakes shard i's drainer if it is sleeping. Only the caller that
+// swaps the sleeper's channel out closes it, so it is closed once.
+func (s *Set) poke(i int) {
+	sl := &s.sleepers[i]
+	if ch := sl.ch.Load(); ch != nil && sl.ch.CompareAndSwap(ch, nil) {
+		close(*ch)
+	}
+}
+
+// Failed reports whether shard i refuses records because its sink failed.
+func (s *Set) Failed(i int) bool { return s.failed[i].v.Load() }
+
+func (s *Set) extendLease() {
+	next, limit := s.ids.NextBlock(), s.ids.Limit()
+	if next+s.leaseWindow/2 < limit {
+		return
+	}
+	upTo := next + s.leaseWindow
+	if err := s.lease(upTo*s.ids.Block() + 1); err != nil {
+		if s.onLeaseError != nil {
+			s.onLeaseError(err)
+		}
+		return
+	}
+	s.ids.SetLimit(upTo)
+}
+
+func (s *Set) leaser() {
+	defer s.wg.Done()
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.wake:
+			return
+		case <-t.C:
+			s.extendLease()
+		}
+	}
+}
 
 // Ring returns shard i's ring.
 func (s *Set) Ring(i int) *Ring { return s.rings[i] }
@@ -148,17 +272,33 @@ func (s *Set) drainer(i int) {
 	t := time.NewTimer(s.interval)
 	defer t.Stop()
 	appendFn := func(id uint64, body []byte) { s.sink.Append(i, id, body) }
+	rec, _ := s.sink.(Recoverer)
+	var lastTry time.Time
 	for {
+		start := r.tail.Load()
 		n, pos := r.Drain(appendFn)
-		if n > 0 || pos > r.flushed.Load() {
+		if pos > r.flushed.Load() {
 			if err := s.sink.Flush(i); err != nil {
-				if s.onErr != nil {
-					s.onErr(i, err)
+				r.Fail(start, pos)
+				if !s.failed[i].v.Swap(true) {
+					lastTry = time.Now()
+					if s.onErr != nil {
+						s.onErr(i, err)
+					}
 				}
 			} else {
 				r.Flushed(pos)
 			}
 			s.drained[i].n.Add(uint64(n))
+		}
+		if s.failed[i].v.Load() && rec != nil && time.Since(lastTry) >= s.recoverInt {
+			lastTry = time.Now()
+			if rec.Recover(i) == nil {
+				s.failed[i].v.Store(false)
+				if s.onRecover != nil {
+					s.onRecover(i)
+				}
+			}
 		}
 		if s.closing.Load() {
 			if r.Used() == 0 {
@@ -168,14 +308,37 @@ func (s *Set) drainer(i int) {
 			runtime.Gosched()
 			continue
 		}
-		if uint64(r.Used()) > r.size/4 {
-			continue // falling behind: drain again at once
+		used := uint64(r.Used())
+		if used > r.size/4 || (s.eager && used > 0) {
+			// Falling behind, or workers are waiting: go on at once. If
+			// nothing moved, a producer is between reserving and
+			// committing; let it run (with one P it could not otherwise).
+			if pos == start {
+				runtime.Gosched()
+			}
+			continue
+		}
+		if !s.eager {
+			t.Reset(s.interval)
+			select {
+			case <-t.C:
+			case <-s.wake:
+			}
+			continue
+		}
+		ch := make(chan struct{})
+		sl := &s.sleepers[i]
+		sl.ch.Store(&ch)
+		if r.Used() > 0 && sl.ch.CompareAndSwap(&ch, nil) {
+			continue // a record came in while we got ready to sleep
 		}
 		t.Reset(s.interval)
 		select {
 		case <-t.C:
+		case <-ch:
 		case <-s.wake:
 		}
+		sl.ch.CompareAndSwap(&ch, nil)
 	}
 }
 

@@ -76,7 +76,10 @@ func (s *testSink) Flush(shard int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail.Load() {
+		// A failed batch is dropped, as the durable log drops it: the
+		// Set never hands its records over again.
 		s.failedFlushes++
+		s.pending[shard] = nil
 		return errTestFlush
 	}
 	s.flushes++
@@ -483,70 +486,69 @@ func TestSetUpdateStats(t *testing.T) {
 	}
 }
 
-// TestSetFlushError: while the sink's Flush fails, the drainer reports it to
-// OnFlushError, retries, and does not mark the record flushed, so Wait keeps
-// blocking; once Flush succeeds, Wait returns.
+// recoverSink is a testSink that can leave its failed state: Recover
+// succeeds once the test stops the failures.
+type recoverSink struct{ *testSink }
+
+func (s recoverSink) Recover(int) error {
+	if s.fail.Load() {
+		return errTestFlush
+	}
+	return nil
+}
+
+// TestSetFlushError: a failed Flush fails its batch (Wait reports
+// ErrFlushFailed, the record is never acknowledged), the shard refuses new
+// records (ErrUnavailable), OnFlushError is called once, and the shard
+// accepts records again once the sink's Recover succeeds.
 func TestSetFlushError(t *testing.T) {
-	f := func(withCallback bool) {
-		t.Helper()
-		sink := newTestSink()
-		sink.fail.Store(true)
-		var calls atomic.Int64
-		var badCall atomic.Value
-		cfg := Config{Shards: 1, FlushInterval: 2 * time.Millisecond, Sink: sink}
-		if withCallback {
-			cfg.OnFlushError = func(shard int, err error) {
-				if shard != 0 || !errors.Is(err, errTestFlush) {
-					badCall.Store(fmt.Sprintf("OnFlushError(%d, %v)", shard, err))
-				}
+	sink := recoverSink{newTestSink()}
+	sink.fail.Store(true)
+	var calls, recovered atomic.Int64
+	s := New(Config{Shards: 1, FlushInterval: 2 * time.Millisecond, Sink: sink, RecoverInterval: 5 * time.Millisecond,
+		OnFlushError: func(shard int, err error) {
+			if shard == 0 && errors.Is(err, errTestFlush) {
 				calls.Add(1)
 			}
-		}
-		s := New(cfg)
-		defer s.Close()
-		body := []byte("must not be lost")
-		id, tk, err := s.Put(0, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(waitLong)
-		for {
-			_, failed := sink.counts()
-			if failed >= 3 && (!withCallback || calls.Load() >= 3) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("callback %v: %d failed flushes, %d OnFlushError calls, want 3 retries", withCallback, failed, calls.Load())
-			}
-			time.Sleep(time.Millisecond)
-		}
-		if v := badCall.Load(); v != nil {
-			t.Errorf("unexpected %s", v)
-		}
-		ch := make(chan struct{})
-		go func() { s.Wait(tk); close(ch) }()
-		if done(ch, 5*waitShort) {
-			t.Fatalf("callback %v: Wait returned although every Flush failed", withCallback)
-		}
-		if s.Ring(tk.shard).IsFlushed(tk.pos) {
-			t.Errorf("callback %v: record marked flushed although every Flush failed", withCallback)
-		}
-		if _, ok := sink.get(id); ok {
-			t.Errorf("callback %v: record visible in the sink although every Flush failed", withCallback)
-		}
-		var st Stats
-		s.UpdateStats(&st)
-		if st.Drained != 1 {
-			t.Errorf("callback %v: Stats.Drained = %d, want 1 (a record is handed over once, whatever the retries)", withCallback, st.Drained)
-		}
-		sink.fail.Store(false)
-		if !done(ch, waitLong) {
-			t.Fatalf("callback %v: Wait did not return after Flush recovered", withCallback)
-		}
-		sink.check(t, map[uint64]sinkRec{id: {0, id, body}})
+		},
+		OnRecover: func(int) { recovered.Add(1) },
+	})
+	defer s.Close()
+	id, tk, err := s.Put(0, []byte("fails"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	f(true)
-	f(false)
+	if err := s.Wait(tk); !errors.Is(err, ErrFlushFailed) {
+		t.Fatalf("Wait = %v, want ErrFlushFailed", err)
+	}
+	if _, ok := sink.get(id); ok {
+		t.Fatal("a failed record is visible in the sink")
+	}
+	if !s.Failed(0) || calls.Load() != 1 {
+		t.Fatalf("Failed = %v, OnFlushError calls %d; want true, 1", s.Failed(0), calls.Load())
+	}
+	if _, _, err := s.Put(0, []byte("refused")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Put while failed = %v, want ErrUnavailable", err)
+	}
+	sink.fail.Store(false)
+	deadline := time.Now().Add(waitLong)
+	for s.Failed(0) {
+		if time.Now().After(deadline) {
+			t.Fatal("shard did not recover")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if recovered.Load() != 1 {
+		t.Fatalf("OnRecover called %d times", recovered.Load())
+	}
+	id2, tk2, err := s.Put(0, []byte("works"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Wait(tk2); err != nil {
+		t.Fatalf("Wait after recovery = %v", err)
+	}
+	sink.check(t, map[uint64]sinkRec{id2: {0, id2, []byte("works")}})
 }
 
 func TestSetPutErrors(t *testing.T) {
