@@ -38,8 +38,13 @@ func run(args []string) error {
 	fs.IntVar(&cfg.Shards, "shards", 0, "number of shards (default and minimum GOMAXPROCS)")
 	fs.Uint64Var(&cfg.IDBlock, "id-block", 4096, "ids a shard reserves at a time")
 	fs.Var((*byteSize)(&cfg.CacheBytes), "cache-bytes", "size of the in-memory usage store; oldest usages are evicted (e.g. 64MiB)")
-	fs.StringVar(&cfg.Ack, "ack", server.AckMemory, "when to answer 201: memory (once the usage is in the ring)")
-	fs.DurationVar(&cfg.FlushInterval, "flush-interval", 10*time.Millisecond, "longest a usage waits in a ring before it is stored")
+	fs.StringVar(&cfg.Ack, "ack", server.AckFsync, "when to answer 201: fsync (once the usage is fsynced in the log) or memory (once it is in the ring)")
+	fs.DurationVar(&cfg.FlushInterval, "flush-interval", 10*time.Millisecond, "with --ack memory, longest a usage waits before it is written to the log")
+	fs.StringVar(&cfg.DataDir, "data-dir", "data", "directory of the durable log (created if missing, locked while in use)")
+	var segBytes int = 64 << 20
+	fs.Var((*byteSize)(&segBytes), "segment-bytes", "roll log segment files at this size (e.g. 64MiB)")
+	fs.DurationVar(&cfg.Retention, "retention", 0, "delete whole log segments older than this (0 keeps everything); unexported segments are kept")
+	fs.BoolVar(&cfg.Repair, "repair", false, "move damaged log segments aside at start, keeping their valid prefix, instead of refusing to start")
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", 10*time.Second, "time allowed to read one whole request")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "time allowed to write one response")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "keep-alive connections idle for longer are closed")
@@ -56,6 +61,7 @@ func run(args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cfg.Logger = log
+	cfg.SegmentBytes = int64(segBytes)
 
 	listen := *addr
 	if listen == "" {
@@ -76,7 +82,8 @@ func run(args []string) error {
 	}
 	c := srv.Config()
 	log.Info("busyapi listening", "addr", ln.Addr().String(), "shards", c.Shards,
-		"ring_bytes", c.RingBytes, "cache_bytes", c.CacheBytes, "ack", c.Ack, "max_body", c.MaxBodyBytes)
+		"ring_bytes", c.RingBytes, "cache_bytes", c.CacheBytes, "ack", c.Ack, "max_body", c.MaxBodyBytes,
+		"data_dir", c.DataDir)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

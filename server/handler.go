@@ -10,11 +10,13 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/busyapi/busyapi/shard"
+	"github.com/busyapi/busyapi/wal"
 )
 
 const (
 	pathUsages      = "/api/usages"
 	pathUsagePrefix = "/api/usages/"
+	pathExport      = "/api/usages/export"
 )
 
 // Reasons a request is refused, for Stats.Rejected.
@@ -49,6 +51,9 @@ var (
 	errEncoding      = jsonError("unsupported Content-Encoding: send the body uncompressed")
 	errFull          = jsonError("server is busy: the ingest ring is full; retry after the Retry-After delay")
 	errExhausted     = jsonError("server has run out of ids: no usage can be stored")
+	errNoIDs         = jsonError("server is busy reserving ids: retry after the Retry-After delay")
+	errStorage       = jsonError("the log cannot be written (disk full or failing): the usage was not stored; retry after the Retry-After delay")
+	errReadLog       = jsonError("the usage could not be read from the log")
 	errTooLarge      = jsonError("request body is too large: lower it below the server's --max-body limit")
 	errHeaderLarge   = jsonError("request headers are too large: send less than 4 KiB of headers")
 	errTimeout       = jsonError("request timed out: send the whole request within the server's read timeout")
@@ -67,6 +72,12 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodUsages)
+	case string(path) == pathExport:
+		if ctx.IsGet() || ctx.IsHead() {
+			s.export(ctx)
+			return
+		}
+		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodUsage)
 	case len(path) > len(pathUsagePrefix) && string(path[:len(pathUsagePrefix)]) == pathUsagePrefix:
 		if ctx.IsGet() || ctx.IsHead() {
 			s.getUsage(ctx, path[len(pathUsagePrefix):])
@@ -102,14 +113,14 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, bad)
 		return
 	}
-	id, _, err := s.set.Put(ctx.ConnID(), body)
+	id, ticket, err := s.set.Put(ctx.ConnID(), body)
+	if err == nil && s.fsync {
+		// Group commit: wait, without a lock, for the drainer's fdatasync
+		// of the batch that holds this usage.
+		err = s.set.Wait(ticket)
+	}
 	if err != nil {
-		if errors.Is(err, shard.ErrFull) {
-			ctx.Response.Header.SetBytesKV(strRetryAfter, strOne)
-			s.fail(ctx, fasthttp.StatusServiceUnavailable, ReasonFull, errFull)
-			return
-		}
-		s.fail(ctx, fasthttp.StatusServiceUnavailable, ReasonFull, errExhausted)
+		s.putFailed(ctx, err)
 		return
 	}
 	s.stored.Add(1)
@@ -123,6 +134,22 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
 	ctx.Response.SetBody(b)
+}
+
+func (s *Server) putFailed(ctx *fasthttp.RequestCtx, err error) {
+	msg := errExhausted
+	switch {
+	case errors.Is(err, shard.ErrFull):
+		msg = errFull
+	case errors.Is(err, shard.ErrIDsUnavailable):
+		msg = errNoIDs
+	case errors.Is(err, shard.ErrUnavailable), errors.Is(err, shard.ErrFlushFailed):
+		msg = errStorage
+	}
+	if !errors.Is(err, shard.ErrIDsExhausted) {
+		ctx.Response.Header.SetBytesKV(strRetryAfter, strOne)
+	}
+	s.fail(ctx, fasthttp.StatusServiceUnavailable, ReasonFull, msg)
 }
 
 // isJSONMediaType reports whether ct is application/json, in any case, with
@@ -151,6 +178,17 @@ func (s *Server) getUsage(ctx *fasthttp.RequestCtx, idText []byte) {
 		bp = new([]byte)
 	}
 	v, found := s.cache.Get((*bp)[:0], id)
+	if !found && s.wal != nil {
+		var err error
+		v, err = s.wal.Get((*bp)[:0], id)
+		if err != nil && !errors.Is(err, wal.ErrNotStored) {
+			bufPool.Put(bp)
+			s.log.Error("cannot read a usage from the log", "id", id, "err", err)
+			s.fail(ctx, fasthttp.StatusInternalServerError, ReasonNotFound, errReadLog)
+			return
+		}
+		found = err == nil
+	}
 	if !found || len(v) < 2 {
 		bufPool.Put(bp)
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errUsageNotFound)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,12 +22,19 @@ import (
 
 	"github.com/busyapi/busyapi/shard"
 	"github.com/busyapi/busyapi/store"
+	"github.com/busyapi/busyapi/wal"
 )
 
 // Ack modes: when a POST is answered 201.
 const (
+	// AckFsync answers only after the usage's bytes are fsynced in the log
+	// (group commit: one fdatasync per shard batch). The default with a
+	// DataDir.
+	AckFsync = "fsync"
 	// AckMemory answers as soon as the usage is in its shard's ring. A GET
-	// finds it within FlushInterval (10 ms by default).
+	// finds it, and the log has it, within FlushInterval (10 ms by
+	// default); a crash can lose that window. Without a DataDir it is the
+	// only mode.
 	AckMemory = "memory"
 )
 
@@ -47,8 +55,21 @@ type Config struct {
 	// oldest usages are evicted when it is full. Default 64 MiB; fastcache's
 	// minimum is 32 MiB.
 	CacheBytes int
-	// Ack says when a POST is answered: AckMemory (default).
+	// Ack says when a POST is answered: AckFsync (the default with a
+	// DataDir) or AckMemory (the only mode without one).
 	Ack string
+	// DataDir holds the durable log. Empty means no log: usages live only
+	// in the cache, as in an embedded test server.
+	DataDir string
+	// SegmentBytes rolls log segments at this size. Default 64 MiB.
+	SegmentBytes int64
+	// Retention deletes whole log segments older than this; 0 keeps
+	// everything. Segments an export consumer has not acknowledged are
+	// kept.
+	Retention time.Duration
+	// Repair moves damaged log segments aside at start, keeping their valid
+	// prefix, instead of refusing to start.
+	Repair bool
 	// FlushInterval bounds how long a usage waits in a ring before the
 	// drainer stores it. Default 10 ms.
 	FlushInterval time.Duration
@@ -89,9 +110,21 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Ack == "" {
 		c.Ack = AckMemory
+		if c.DataDir != "" {
+			c.Ack = AckFsync
+		}
 	}
-	if c.Ack != AckMemory {
-		return fmt.Errorf("unknown ack mode %q: use %q", c.Ack, AckMemory)
+	switch {
+	case c.Ack != AckMemory && c.Ack != AckFsync:
+		return fmt.Errorf("unknown ack mode %q: use %q or %q", c.Ack, AckFsync, AckMemory)
+	case c.Ack == AckFsync && c.DataDir == "":
+		return fmt.Errorf("ack mode %q needs a data directory: set --data-dir", AckFsync)
+	}
+	if c.SegmentBytes <= 0 {
+		c.SegmentBytes = 64 << 20
+	}
+	if c.SegmentBytes < int64(2*c.MaxBodyBytes+64) {
+		return fmt.Errorf("segments of %d bytes cannot hold a %d-byte usage: increase --segment-bytes", c.SegmentBytes, c.MaxBodyBytes)
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 10 * time.Millisecond
@@ -122,6 +155,10 @@ type Server struct {
 	cache   *store.Cache
 	http    *fasthttp.Server
 	parsers fastjson.ParserPool
+	wal     *wal.Store // nil without a DataDir
+	fsync   bool
+	stop    chan struct{}
+	bg      sync.WaitGroup
 
 	stored   atomic.Uint64
 	rejected [numReasons]atomic.Uint64
@@ -134,15 +171,54 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{})}
 	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
-	s.set = shard.New(shard.Config{
+	scfg := shard.Config{
 		Shards:        cfg.Shards,
 		RingBytes:     cfg.RingBytes,
 		IDBlock:       cfg.IDBlock,
 		FlushInterval: cfg.FlushInterval,
 		Sink:          s.cache,
-	})
+		Eager:         s.fsync,
+		OnFlushError: func(i int, err error) {
+			s.log.Error("log write failed: shard refuses writes until it recovers", "shard", i, "err", err)
+		},
+		OnRecover:    func(i int) { s.log.Info("log writable again", "shard", i) },
+		OnLeaseError: func(err error) { s.log.Error("cannot lease ids", "err", err) },
+	}
+	if cfg.DataDir != "" {
+		w, rec, err := wal.Open(wal.Options{
+			Dir: cfg.DataDir, Shards: cfg.Shards, SegmentBytes: cfg.SegmentBytes,
+			Sync: s.fsync, Repair: cfg.Repair, Logger: s.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.wal = w
+		first := rec.LeaseBound
+		if rec.MaxID+1 > first {
+			first = rec.MaxID + 1
+		}
+		if first == 0 {
+			first = 1
+		}
+		scfg.FirstID = first
+		scfg.Sink = newDurableSink(w, s.cache)
+		scfg.LeaseIDs = w.Lease().Extend
+		s.log.Info("recovered log", "dir", cfg.DataDir, "took", rec.Duration.String(),
+			"records", rec.Records, "bytes", rec.Bytes, "segments", rec.Segments, "shards", rec.Shards,
+			"truncated_bytes", rec.TruncatedBytes, "repaired_segments", rec.Repaired,
+			"dropped_records", rec.DroppedRecords, "dropped_bytes", rec.DroppedBytes,
+			"max_id", rec.MaxID, "lease_bound", rec.LeaseBound, "next_id_from", first)
+		if rec.Repaired > 0 {
+			s.log.Warn("damaged segments were moved aside", "segments", rec.Repaired, "dropped_records", rec.DroppedRecords)
+		}
+	}
+	s.set = shard.New(scfg)
+	if s.wal != nil && cfg.Retention > 0 {
+		s.bg.Add(1)
+		go s.retention()
+	}
 	s.http = &fasthttp.Server{
 		Handler:                      s.Handler,
 		ErrorHandler:                 s.ErrorHandler,
@@ -181,8 +257,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return errors.New("server: already shut down")
 	}
 	err := s.http.ShutdownWithContext(ctx)
+	close(s.stop)
+	s.bg.Wait()
 	s.set.Close()
+	if s.wal != nil {
+		if cerr := s.wal.Close(); cerr != nil {
+			s.log.Error("cannot close the log", "err", cerr)
+			if err == nil {
+				err = cerr
+			}
+		}
+	}
 	return err
+}
+
+// retention deletes old segments every minute.
+func (s *Server) retention() {
+	defer s.bg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		n, err := s.wal.ApplyRetention(s.cfg.Retention, nil)
+		if err != nil {
+			s.log.Error("retention failed", "err", err)
+		} else if n > 0 {
+			s.log.Info("retention deleted segments", "segments", n)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Stats are the server's counters; fill them with UpdateStats.

@@ -107,3 +107,10 @@ func (c *Cache) UpdateStats(st *CacheStats) {
 
 // Reset drops everything.
 func (c *Cache) Reset() { c.c.Reset() }
+
+// Del removes id, for a usage whose write failed after it was cached.
+func (c *Cache) Del(id uint64) {
+	var k [9]byte
+	c.c.Del(key(&k, 's', id))
+	c.c.Del(key(&k, 'b', id))
+}

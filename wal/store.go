@@ -159,6 +159,7 @@ func (s *Store) Append(shard int, id uint64, body []byte) {
 		if s.batchErr[shard] == nil {
 			s.batchErr[shard] = err
 		}
+		s.pending[shard] = append(s.pending[shard], id, 0) // reported as failed
 		return
 	}
 	s.pending[shard] = append(s.pending[shard], id, pos)
@@ -443,4 +444,3 @@ func ParseCursor(s string) ([]uint64, error) {
 	}
 	return c, nil
 }
-

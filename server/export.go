@@ -1,0 +1,82 @@
+package server
+
+import (
+	"strconv"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/busyapi/busyapi/wal"
+)
+
+// Export limits.
+const (
+	exportDefaultLimit = 1000
+	exportMaxLimit     = 10000
+)
+
+var (
+	errNoLog       = jsonError("export needs the durable log: start the server with --data-dir")
+	errCursor      = jsonError("invalid cursor: pass the X-Next-Cursor value of the previous export, or none to start")
+	errLimit       = jsonError("invalid limit: use an integer from 1 to 10000")
+	errExportRead  = jsonError("the export could not be read from the log; retry")
+	strNextCursor  = "X-Next-Cursor"
+	strExportCount = "X-Export-Count"
+)
+
+// export serves GET /api/usages/export?cursor=C&limit=N: up to N stored
+// usages after cursor C, as NDJSON (one usage per line, as GET
+// /api/usages/{id} returns it), with the cursor to pass next in the
+// X-Next-Cursor header and the number of lines in X-Export-Count. An empty
+// page (count 0) means the consumer has caught up; ask again later with the
+// same cursor. Every stored usage appears exactly once across the pages of a
+// cursor chain, in log order per shard, also across restarts.
+//
+// Coming back with a cursor acknowledges everything before it: retention
+// then may delete it. Only flushed usages are exported (in fsync mode, only
+// durable ones).
+func (s *Server) export(ctx *fasthttp.RequestCtx) {
+	if s.wal == nil {
+		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNoLog)
+		return
+	}
+	args := ctx.QueryArgs()
+	cursor, err := wal.ParseCursor(string(args.Peek("cursor")))
+	if err != nil {
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errCursor)
+		return
+	}
+	limit := exportDefaultLimit
+	if l := args.Peek("limit"); len(l) > 0 {
+		n, err := strconv.Atoi(string(l))
+		if err != nil || n < 1 || n > exportMaxLimit {
+			s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errLimit)
+			return
+		}
+		limit = n
+	}
+	if cursor != nil {
+		if err := s.wal.AckExport(cursor); err != nil {
+			s.log.Error("cannot record the export cursor", "err", err)
+		}
+	}
+	out := ctx.Response.BodyWriter()
+	var line []byte
+	count := 0
+	next, err := s.wal.Export(cursor, limit, func(id uint64, body []byte) {
+		line = strconv.AppendUint(append(line[:0], `{"id":`...), id, 10)
+		line = append(line, ',')
+		line = append(line, body[1:]...)
+		line = append(line, '\n')
+		out.Write(line)
+		count++
+	})
+	if err != nil {
+		s.log.Error("export failed", "err", err)
+		ctx.Response.ResetBody()
+		s.fail(ctx, fasthttp.StatusInternalServerError, ReasonNotFound, errExportRead)
+		return
+	}
+	ctx.Response.Header.SetContentType("application/x-ndjson")
+	ctx.Response.Header.Set(strNextCursor, wal.FormatCursor(next))
+	ctx.Response.Header.Set(strExportCount, strconv.Itoa(count))
+}
