@@ -300,14 +300,14 @@ func (l *Log) write(s *segment, syncNow bool) error {
 	}
 	if len(l.buf) > 0 {
 		off := s.size.Load()
-		if _, err := s.f.WriteAt(l.buf, off); err != nil {
+		if err := writeAt(s.f, l.buf, off); err != nil {
 			l.buf = l.buf[:0]
 			l.failed = true
 			return fmt.Errorf("wal: write %q: %w", s.path, err)
 		}
 		l.dirty = true
 		if syncNow {
-			if err := fdatasync(s.f); err != nil {
+			if err := syncData(s.f); err != nil {
 				l.buf = l.buf[:0]
 				l.failed = true
 				return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
@@ -318,7 +318,7 @@ func (l *Log) write(s *segment, syncNow bool) error {
 		s.mod.Store(time.Now().UnixNano())
 		l.buf = l.buf[:0]
 	} else if syncNow && l.dirty {
-		if err := fdatasync(s.f); err != nil {
+		if err := syncData(s.f); err != nil {
 			l.failed = true
 			return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
 		}
@@ -342,6 +342,9 @@ func (l *Log) Recover() error {
 		return nil
 	}
 	s := l.active()
+	if err := fault("write", s.path); err != nil {
+		return err
+	}
 	if err := truncateSync(s.f, s.size.Load()); err != nil {
 		return err
 	}
@@ -486,7 +489,10 @@ func (l *Log) ReadFrom(pos uint64, buf []byte, fn func(id uint64, body []byte) b
 				pos = s.base + uint64(off)
 			}
 		}
-		pos = s.end() // and on to the next segment, if any
+		// Go on from exactly where this read stopped, not from s.end():
+		// the segment may have grown meanwhile, and reading its end
+		// again would skip what was appended in between.
+		pos = s.base + uint64(off)
 	}
 }
 
