@@ -14,9 +14,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,10 +80,16 @@ func countNext(n int) func() bool {
 }
 
 func newBenchServer(b *testing.B) *server.Server {
+	return newBenchServerCfg(b, server.Config{})
+}
+
+func newBenchServerCfg(b *testing.B, cfg server.Config) *server.Server {
 	b.Helper()
 	// A ring large enough that the drainer, which wakes every 10 ms, never
 	// lets it fill at benchmark speed: a 503 would make the numbers lie.
-	s, err := server.New(server.Config{RingBytes: 64 << 20, CacheBytes: 64 << 20})
+	cfg.RingBytes, cfg.CacheBytes = 64<<20, 64<<20
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := server.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -159,6 +167,85 @@ func BenchmarkPostUsagePipelined(b *testing.B) {
 	benchFast(b, s.Handler, 16, false)
 	b.StopTimer()
 	checkStored(b, s, (b.N+15)/16*16)
+}
+
+// BenchmarkPostUsageFsync is the default durable mode: each 201 waits for
+// the fdatasync of its batch. Connections run in parallel (b.RunParallel
+// with -cpu and SetParallelism), so batches form while one syncs. The
+// worker's path allocates nothing; the drainer allocates one wake-up
+// channel per batch, which shows in allocs/op when batches are small.
+func BenchmarkPostUsageFsync(b *testing.B) {
+	b.SetParallelism(64)
+	s := newBenchServerCfg(b, server.Config{DataDir: b.TempDir()})
+	benchFast(b, s.Handler, 1, true)
+	b.StopTimer()
+	checkStored(b, s, b.N)
+}
+
+// BenchmarkPostUsageMemoryLog is --ack memory with the log: 201 from the
+// ring, the log written every flush interval.
+func BenchmarkPostUsageMemoryLog(b *testing.B) {
+	s := newBenchServerCfg(b, server.Config{DataDir: b.TempDir(), Ack: server.AckMemory})
+	benchFast(b, s.Handler, 1, true)
+	b.StopTimer()
+	checkStored(b, s, b.N)
+}
+
+// BenchmarkGetUsageFromLog reads usages that are not in the cache: index
+// lookup and a pread from the log. It reports the p50 and p99 latency.
+func BenchmarkGetUsageFromLog(b *testing.B) {
+	dir := b.TempDir()
+	s := newBenchServerCfg(b, server.Config{DataDir: dir, Ack: server.AckMemory})
+	var ctx fasthttp.RequestCtx
+	var req fasthttp.Request
+	req.Header.SetMethod("POST")
+	req.SetRequestURI("/api/usages")
+	req.SetBodyString(benchBody)
+	ctx.Init(&req, nil, nil)
+	const n = 200000
+	var ids []uint64
+	for len(ids) < n {
+		ctx.Response.Reset()
+		s.Handler(&ctx)
+		if ctx.Response.StatusCode() == 201 {
+			ids = append(ids, uint64(fastjsonInt(ctx.Response.Body())))
+		}
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	// Reopen: the cache starts empty, so every GET misses it.
+	s = newBenchServerCfg(b, server.Config{DataDir: dir, Ack: server.AckMemory})
+	lat := make([]time.Duration, 0, b.N)
+	var get fasthttp.Request
+	get.Header.SetMethod("GET")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		get.SetRequestURI("/api/usages/" + strconv.FormatUint(ids[(i*7919)%n], 10))
+		ctx.Init(&get, nil, nil)
+		ctx.Response.Reset()
+		start := time.Now()
+		s.Handler(&ctx)
+		lat = append(lat, time.Since(start))
+		if ctx.Response.StatusCode() != 200 {
+			b.Fatalf("GET: %d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+func fastjsonInt(b []byte) int {
+	n := 0
+	for _, c := range b {
+		if c >= '0' && c <= '9' {
+			n = n*10 + int(c-'0')
+		}
+	}
+	return n
 }
 
 func BenchmarkEmptyFastHTTP(b *testing.B)          { benchFast(b, emptyHandler, 1, false) }

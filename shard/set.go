@@ -158,7 +158,10 @@ func New(cfg Config) *Set {
 	}
 	if s.lease != nil {
 		if s.leaseWindow == 0 {
-			s.leaseWindow = max(64, 16*uint64(n))
+			// 1024 blocks of 4096 ids: seconds of headroom at any rate
+			// one machine can take, so a leaser delayed by a busy
+			// scheduler never leaves the hot path without ids.
+			s.leaseWindow = max(1024, 16*uint64(n))
 		}
 		s.ids.SetLimit(s.ids.NextBlock())
 		s.extendLease()
