@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# compare.sh: closed-loop throughput of busyapi against two baselines, an
+# empty fasthttp handler (bench/empty) and net/http + encoding/json
+# (bench/nethttp), each with wrk, plain and 16-deep pipelined.
+#
+#   bash bench/compare.sh                 # from the repo root
+#   DURATION=30s CONNECTIONS=128 bash bench/compare.sh
+#   BUSYAPI_FLAGS='--ring-bytes 8MiB' bash bench/compare.sh
+#
+# Each server runs alone, pinned to CPU $SERVER_CPU (default 0), with wrk
+# pinned to CPU $LOAD_CPU (default 1). Environment:
+#   DURATION       wrk duration per run (default 10s)
+#   CONNECTIONS    wrk connections (default 64)
+#   THREADS        wrk threads (default 1)
+#   SERVER_CPU     CPU list for the servers (default 0)
+#   LOAD_CPU       CPU list for wrk (default 1)
+#   BUSYAPI_FLAGS  extra flags for busyapi, e.g. '--ack memory'
+#   BUSYAPI_DATA   busyapi's --data-dir (default: a fresh directory under the
+#                  build directory, removed at exit; never the repo root)
+#   KEEP_LOGS=1    keep the build directory with the servers' logs
+# Ports 18081 (empty), 18082 (busyapi) and 18083 (nethttp) must be free.
+# Exits non-zero if a build fails, a server does not start or wrk fails.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+BUSYAPI_FLAGS=${BUSYAPI_FLAGS:-}
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+for tool in go wrk taskset; do
+	command -v "$tool" >/dev/null || { echo "compare.sh: $tool not found" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-compare.XXXXXX")
+server_pid=
+
+cleanup() {
+	if [[ -n $server_pid ]]; then
+		kill "$server_pid" 2>/dev/null || true
+		wait "$server_pid" 2>/dev/null || true
+		server_pid=
+	fi
+	if [[ ${KEEP_LOGS:-0} == 1 ]]; then
+		echo "compare.sh: logs kept in $tmp" >&2
+	else
+		rm -rf "$tmp"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building into $tmp" >&2
+go build -o "$tmp/busyapi" .
+go build -o "$tmp/empty" ./bench/empty
+go build -o "$tmp/nethttp" ./bench/nethttp
+
+# port_open PORT: whether something accepts connections on 127.0.0.1:PORT.
+port_open() {
+	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# start NAME PORT CMD...: start a server pinned to SERVER_CPU and wait up to
+# 10 s for its port to open.
+start() {
+	local name=$1 port=$2
+	shift 2
+	if port_open "$port"; then
+		echo "compare.sh: port $port is already in use; cannot start $name" >&2
+		exit 1
+	fi
+	taskset -c "$SERVER_CPU" "$@" >"$tmp/$name.log" 2>&1 &
+	server_pid=$!
+	local i
+	for ((i = 0; i < 100; i++)); do
+		if ! kill -0 "$server_pid" 2>/dev/null; then
+			echo "compare.sh: $name exited at start; its log:" >&2
+			cat "$tmp/$name.log" >&2
+			server_pid=
+			exit 1
+		fi
+		if port_open "$port"; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "compare.sh: $name did not open port $port within 10s; its log:" >&2
+	cat "$tmp/$name.log" >&2
+	exit 1
+}
+
+stop() {
+	kill "$server_pid" 2>/dev/null || true
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=
+}
+
+# bench NAME PORT SCRIPT: run wrk, print its req/s; fail on socket errors
+# or non-2xx answers.
+bench() {
+	local name=$1 port=$2 script=$3 out
+	out="$tmp/$name.$(basename "$script" .lua).wrk"
+	taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+		-s "$script" "http://127.0.0.1:$port/api/usages" >"$out" 2>&1 || {
+		echo "compare.sh: wrk failed against $name:" >&2
+		cat "$out" >&2
+		exit 1
+	}
+	if grep -qE 'Non-2xx|Socket errors' "$out"; then
+		echo "compare.sh: wrk saw errors against $name:" >&2
+		cat "$out" >&2
+		exit 1
+	fi
+	awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out"
+}
+
+declare -A plain pipelined
+run() {
+	local name=$1 port=$2
+	shift 2
+	echo "$name: starting on port $port (CPU $SERVER_CPU), wrk on CPU $LOAD_CPU, $DURATION per run" >&2
+	start "$name" "$port" "$@"
+	plain[$name]=$(bench "$name" "$port" bench/post.lua)
+	pipelined[$name]=$(bench "$name" "$port" bench/pipeline.lua)
+	stop
+	echo "$name: ${plain[$name]} req/s plain, ${pipelined[$name]} req/s pipelined" >&2
+}
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)" >&2
+# busyapi keeps a durable log in --data-dir (default ./data): give it a fresh
+# one, unless this busyapi predates the flag.
+data_flags=()
+if "$tmp/busyapi" --help 2>&1 | grep -q -- '-data-dir'; then
+	data_flags=(--data-dir "${BUSYAPI_DATA:-$tmp/busyapi-data}")
+fi
+run empty 18081 "$tmp/empty" -addr 127.0.0.1:18081
+# shellcheck disable=SC2086 # BUSYAPI_FLAGS is a list of flags
+run busyapi 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" $BUSYAPI_FLAGS
+run nethttp 18083 "$tmp/nethttp" -addr 127.0.0.1:18083
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s)"
+echo "busyapi flags: ${data_flags[*]} $BUSYAPI_FLAGS"
+printf '%-16s %12s %12s\n' server plain "pipelined16"
+for s in empty busyapi nethttp; do
+	printf '%-16s %12s %12s\n' "$s" "${plain[$s]}" "${pipelined[$s]}"
+done
+printf '%-16s %12s %12s\n' "busyapi/empty" "$(ratio "${plain[busyapi]}" "${plain[empty]}")" \
+	"$(ratio "${pipelined[busyapi]}" "${pipelined[empty]}")"
+printf '%-16s %12s %12s\n' "nethttp/empty" "$(ratio "${plain[nethttp]}" "${plain[empty]}")" \
+	"$(ratio "${pipelined[nethttp]}" "${pipelined[empty]}")"
