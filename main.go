@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,6 +53,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "keep-alive connections idle for longer are closed")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 256*1024, "most concurrent connections")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
+	pprofAddr := fs.String("pprof-addr", "", "serve Go's /debug/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -62,6 +66,23 @@ func run(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cfg.Logger = log
 	cfg.SegmentBytes = int64(segBytes)
+	if cfg.Ack == server.AckFsync && cfg.DataDir != "" {
+		// A drainer in fdatasync holds its P until sysmon takes it back,
+		// and with one P nothing polls the network meanwhile: measured on
+		// one core at 1,000 connections, 4.4k req/s with GOMAXPROCS=1 and
+		// 85k with 2. So run two Ps per CPU in fsync mode.
+		if n := runtime.NumCPU(); runtime.GOMAXPROCS(0) < 2*n && os.Getenv("GOMAXPROCS") == "" {
+			runtime.GOMAXPROCS(2 * n)
+		}
+	}
+	if *pprofAddr != "" {
+		go func() {
+			log.Info("pprof listening", "addr", *pprofAddr)
+			if err := http.ListenAndServe(*pprofAddr, nil); err != nil {
+				log.Error("pprof", "err", err)
+			}
+		}()
+	}
 
 	listen := *addr
 	if listen == "" {
@@ -102,7 +123,8 @@ func run(args []string) error {
 	err = srv.Shutdown(ctx)
 	var st server.Stats
 	srv.UpdateStats(&st)
-	log.Info("stopped", "stored", st.Stored, "drained", st.Shard.Drained, "took", time.Since(start).String())
+	log.Info("stopped", "stored", st.Stored, "drained", st.Shard.Drained, "batches", st.Shard.Batches,
+		"took", time.Since(start).String())
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}

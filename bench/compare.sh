@@ -138,8 +138,14 @@ if "$tmp/busyapi" --help 2>&1 | grep -q -- '-data-dir'; then
 	data_flags=(--data-dir "${BUSYAPI_DATA:-$tmp/busyapi-data}")
 fi
 run empty 18081 "$tmp/empty" -addr 127.0.0.1:18081
+run empty-timeouts 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts
 # shellcheck disable=SC2086 # BUSYAPI_FLAGS is a list of flags
 run busyapi 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" $BUSYAPI_FLAGS
+if [ -n "${data_flags[*]}" ]; then
+	rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
+	# shellcheck disable=SC2086
+	run busyapi-memory 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" --ack memory $BUSYAPI_FLAGS
+fi
 run nethttp 18083 "$tmp/nethttp" -addr 127.0.0.1:18083
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -148,10 +154,18 @@ echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s)"
 echo "busyapi flags: ${data_flags[*]} $BUSYAPI_FLAGS"
 printf '%-16s %12s %12s\n' server plain "pipelined16"
-for s in empty busyapi nethttp; do
-	printf '%-16s %12s %12s\n' "$s" "${plain[$s]}" "${pipelined[$s]}"
+for s in empty empty-timeouts busyapi busyapi-memory nethttp; do
+	[ -n "${plain[$s]:-}" ] || continue
+	printf '%-28s %12s %12s\n' "$s" "${plain[$s]}" "${pipelined[$s]}"
 done
-printf '%-16s %12s %12s\n' "busyapi/empty" "$(ratio "${plain[busyapi]}" "${plain[empty]}")" \
-	"$(ratio "${pipelined[busyapi]}" "${pipelined[empty]}")"
-printf '%-16s %12s %12s\n' "nethttp/empty" "$(ratio "${plain[nethttp]}" "${plain[empty]}")" \
-	"$(ratio "${pipelined[nethttp]}" "${pipelined[empty]}")"
+for s in busyapi busyapi-memory nethttp; do
+	[ -n "${plain[$s]:-}" ] || continue
+	for b in empty empty-timeouts; do
+		printf '%-28s %12s %12s\n' "$s/$b" "$(ratio "${plain[$s]}" "${plain[$b]}")" \
+			"$(ratio "${pipelined[$s]}" "${pipelined[$b]}")"
+	done
+done
+if [ -n "${plain[busyapi-memory]:-}" ]; then
+	printf '%-28s %12s %12s\n' "busyapi/busyapi-memory" "$(ratio "${plain[busyapi]}" "${plain[busyapi-memory]}")" \
+		"$(ratio "${pipelined[busyapi]}" "${pipelined[busyapi-memory]}")"
+fi

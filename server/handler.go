@@ -188,6 +188,9 @@ func (s *Server) getUsage(ctx *fasthttp.RequestCtx, idText []byte) {
 			return
 		}
 		found = err == nil
+		if found {
+			s.cache.Fill(id, v)
+		}
 	}
 	if !found || len(v) < 2 {
 		bufPool.Put(bp)

@@ -78,6 +78,7 @@ type Set struct {
 	onErr    func(int, error)
 
 	drained []paddedCounter
+	batches []paddedCounter
 	closing atomic.Bool
 	wake    chan struct{}
 	wg      sync.WaitGroup
@@ -142,6 +143,7 @@ func New(cfg Config) *Set {
 		interval: cfg.FlushInterval,
 		onErr:    cfg.OnFlushError,
 		drained:  make([]paddedCounter, n),
+		batches:  make([]paddedCounter, n),
 		wake:     make(chan struct{}),
 
 		eager:        cfg.Eager,
@@ -293,6 +295,7 @@ func (s *Set) drainer(i int) {
 				r.Flushed(pos)
 			}
 			s.drained[i].n.Add(uint64(n))
+			s.batches[i].n.Add(1)
 		}
 		if s.failed[i].v.Load() && rec != nil && time.Since(lastTry) >= s.recoverInt {
 			lastTry = time.Now()
@@ -359,6 +362,7 @@ func (s *Set) Close() {
 type Stats struct {
 	Shards    int
 	Drained   uint64 // records handed to the sink
+	Batches   uint64 // Sink.Flush calls (fsync batches in fsync mode)
 	Full      uint64 // Puts refused because a ring was full
 	RingUsed  []int  // bytes waiting in each ring
 	RingBytes int    // capacity of each ring
@@ -372,6 +376,7 @@ func (s *Set) UpdateStats(st *Stats) {
 	st.RingUsed = st.RingUsed[:0]
 	for i, r := range s.rings {
 		st.Drained += s.drained[i].n.Load()
+		st.Batches += s.batches[i].n.Load()
 		st.Full += r.full.Load()
 		st.RingUsed = append(st.RingUsed, r.Used())
 	}

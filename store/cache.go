@@ -54,6 +54,17 @@ func (c *Cache) Append(shard int, id uint64, body []byte) {
 	c.shards[shard].puts.Add(1)
 }
 
+// Fill caches a usage read from elsewhere (the log), so the next read of it
+// is a cache hit. Safe for concurrent use by any goroutine.
+func (c *Cache) Fill(id uint64, body []byte) {
+	var k [9]byte
+	if len(body) >= bigValue {
+		c.c.SetBig(key(&k, 'b', id), body)
+	} else {
+		c.c.Set(key(&k, 's', id), body)
+	}
+}
+
 // Flush implements shard.Sink; fastcache makes a Set visible at once.
 func (c *Cache) Flush(int) error { return nil }
 

@@ -6,16 +6,24 @@ package main
 import (
 	"flag"
 	"log"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
 func main() {
 	addr := flag.String("addr", ":8081", "listen address HOST:PORT")
+	timeouts := flag.Bool("timeouts", false, "set busyapi's default read, write and idle timeouts (10s, 10s, 60s)")
 	flag.Parse()
 	s := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {},
 		Name:    "empty",
+	}
+	if *timeouts {
+		// The same server settings as busyapi, so that a ratio against
+		// this baseline measures the handler and the pipeline behind it,
+		// not fasthttp's per-request deadline updates.
+		s.ReadTimeout, s.WriteTimeout, s.IdleTimeout = 10*time.Second, 10*time.Second, 60*time.Second
 	}
 	log.Printf("empty fasthttp server listening on %s", *addr)
 	if err := s.ListenAndServe(*addr); err != nil {
