@@ -50,7 +50,7 @@ type Ring struct {
 	_    [cacheLine - 8]byte
 
 	flushed atomic.Uint64 // the outcome of everything below flushed is known
-	gen     atomic.Pointer[chan struct{}]
+	epoch   atomic.Pointer[epoch]
 	_       [cacheLine - 16]byte
 
 	// fails counts failed batches; failLog keeps the last failHistory of
@@ -80,9 +80,28 @@ func NewRing(size int) *Ring {
 		words: words,
 		buf:   unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), n),
 	}
-	ch := make(chan struct{})
-	r.gen.Store(&ch)
+	r.epoch.Store(&epoch{cur: make(chan struct{}), next: make(chan struct{})})
 	return r
+}
+
+// epoch is the batch being flushed: records ending at or below end wait on
+// cur, closed when the batch is flushed; later ones wait on next, which
+// becomes the next batch's cur. So a flush wakes only its own batch's
+// waiters, not everyone waiting on the shard.
+type epoch struct {
+	end       uint64
+	cur, next chan struct{}
+	closed    bool // consumer-only
+}
+
+// BeginBatch announces that the records below end are being flushed, so
+// their waiters can sleep on this batch alone. Only the consumer calls it.
+func (r *Ring) BeginBatch(end uint64) {
+	e := r.epoch.Load()
+	if end <= e.end {
+		return
+	}
+	r.epoch.Store(&epoch{end: end, cur: e.next, next: make(chan struct{})})
 }
 
 // Size returns the ring's capacity in bytes.
@@ -192,24 +211,34 @@ func (r *Ring) Flushed(pos uint64) {
 	if pos <= r.flushed.Load() {
 		return
 	}
+	r.BeginBatch(pos)
 	r.flushed.Store(pos)
-	ch := make(chan struct{})
-	old := r.gen.Swap(&ch)
-	close(*old)
+	if e := r.epoch.Load(); !e.closed {
+		e.closed = true
+		close(e.cur)
+	}
 }
 
 // Wait blocks until the record ending at pos (as returned by Put) has been
-// flushed. It takes no lock: waiters sleep on a generation channel that the
-// consumer closes, so one flush releases every waiter of its batch together.
+// flushed. It takes no lock: waiters sleep on their batch's channel, which
+// the consumer closes after the flush, so one close releases every waiter of
+// the batch together.
 func (r *Ring) Wait(pos uint64) {
 	for r.flushed.Load() < pos {
-		ch := r.gen.Load()
+		e := r.epoch.Load()
 		if r.flushed.Load() >= pos {
 			return
 		}
-		<-*ch
+		if pos <= e.end {
+			<-e.cur
+		} else {
+			<-e.next
+		}
 	}
 }
+
+// IsFlushed reports whether the record ending at pos has been flushed.
+func (r *Ring) IsFlushed(pos uint64) bool { return r.flushed.Load() >= pos }
 
 // failHistory is how many failed batches a waiter can look back on; a waiter
 // that slept through more failures than that counts its record as failed.
@@ -254,6 +283,3 @@ func (r *Ring) Outcome(pos, seq uint64) error {
 	}
 	return nil
 }
-
-// IsFlushed reports whether the record ending at pos has been flushed.
-func (r *Ring) IsFlushed(pos uint64) bool { return r.flushed.Load() >= pos }

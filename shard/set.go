@@ -283,6 +283,7 @@ func (s *Set) drainer(i int) {
 		start := r.tail.Load()
 		n, pos := r.Drain(appendFn)
 		if pos > r.flushed.Load() {
+			r.BeginBatch(pos)
 			if err := s.sink.Flush(i); err != nil {
 				r.Fail(start, pos)
 				if !s.failed[i].v.Swap(true) {
