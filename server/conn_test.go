@@ -241,3 +241,62 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatal("still accepting connections after Shutdown")
 	}
 }
+
+// TestLazyDeadlines: deadlines are moved lazily (deadline.go), so check that
+// a busy keep-alive connection outlives many read timeouts, that the idle
+// timeout still closes it once it goes quiet, and that a slow body still
+// gets 408 after activity.
+func TestLazyDeadlines(t *testing.T) {
+	s := newTestServer(t, Config{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 600 * time.Millisecond})
+	addr := startTCP(t, s)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	start := time.Now()
+	for time.Since(start) < 1500*time.Millisecond {
+		if _, err := c.Write(postRequest(sample, "")); err != nil {
+			t.Fatal(err)
+		}
+		var resp fasthttp.Response
+		if err := resp.Read(br); err != nil || resp.StatusCode() != 201 {
+			t.Fatalf("after %v of activity: %v %d", time.Since(start), err, resp.StatusCode())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	quiet := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(br); err != nil {
+		t.Fatalf("idle connection not closed: %v", err)
+	}
+	if d := time.Since(quiet); d < 500*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("idle connection closed after %v, want about the 600ms idle timeout", d)
+	}
+
+	// A body that stops arriving gets 408 at the read timeout, also on a
+	// connection that has served requests before.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	br2 := bufio.NewReader(c2)
+	c2.Write(postRequest(sample, ""))
+	var first fasthttp.Response
+	if err := first.Read(br2); err != nil || first.StatusCode() != 201 {
+		t.Fatalf("first request: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	c2.Write([]byte("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"patientId\""))
+	sent := time.Now()
+	var resp fasthttp.Response
+	_ = c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := resp.Read(br2); err != nil || resp.StatusCode() != 408 {
+		t.Fatalf("half-sent body after activity: %v %d", err, resp.StatusCode())
+	}
+	if d := time.Since(sent); d > 2*time.Second {
+		t.Fatalf("408 after %v, want about the 300ms read timeout", d)
+	}
+}

@@ -32,9 +32,12 @@ func (l lingerListener) Accept() (net.Conn, error) {
 	return &lingerConn{Conn: c}, nil
 }
 
+// lingerConn is every accepted connection: lingering close after errors
+// (this file) and lazy deadlines (deadline.go).
 type lingerConn struct {
 	net.Conn
 	linger atomic.Bool
+	rd, wd lazyDeadline
 }
 
 func lingerOnClose(c net.Conn) {
@@ -57,7 +60,7 @@ func (c *lingerConn) Close() error {
 	// number of lingering connections is bounded by the connection limit.
 	go func() {
 		_ = cw.CloseWrite()
-		_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout)) // the real one: no re-arming
 		_, _ = io.CopyN(io.Discard, c.Conn, lingerBytes)
 		_ = c.Conn.Close()
 	}()
