@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -91,16 +92,48 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 			return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
 		}
 		valid, n := scan(buf, base, visit, &st)
+		// readAll stops at the last non-zero byte, but a record may end in
+		// zero bytes (an id's high bytes, a binary body): read on to the
+		// length its header declares, as far as the file goes.
+		for fileSize := fileSizeOf(f); ; {
+			need := valid + headerSize
+			if len(buf) >= need {
+				if l := binary.LittleEndian.Uint32(buf[valid:]); l <= MaxBody {
+					need += int(l)
+				}
+			}
+			if need <= len(buf) || int64(need) > fileSize {
+				break
+			}
+			old := len(buf)
+			buf = append(buf, make([]byte, need-old)...)
+			if _, err := f.ReadAt(buf[old:], int64(old)); err != nil {
+				f.Close()
+				return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
+			}
+			v, m := scan(buf[valid:], base+uint64(valid), visit, &st)
+			if v == 0 {
+				break
+			}
+			valid, n = valid+v, n+m
+		}
+		if valid < len(buf) && allZero(buf[valid:]) {
+			buf = buf[:valid] // only free, preallocated space follows
+		}
 		if valid < len(buf) {
 			next := nextValid(buf, valid+1)
 			if next < 0 && last {
 				// A torn tail: the last batch never finished, so it was never
 				// acknowledged. Keep exactly the valid prefix.
+				torn := len(buf) - valid
 				if err := truncateSync(f, int64(valid)); err != nil {
 					f.Close()
 					return nil, st, err
 				}
-				st.TruncatedBytes += int64(len(buf) - valid)
+				if last {
+					preallocate(f, segBytes)
+				}
+				st.TruncatedBytes += int64(torn)
 			} else {
 				if !repair {
 					f.Close()
@@ -181,12 +214,69 @@ func repairSegment(f *os.File, path string, buf []byte, valid int, st *RecoveryS
 	return nf, syncDir(filepath.Dir(path))
 }
 
+// allZero reports whether b holds only zero bytes: the preallocated part of
+// a segment that was never written.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func fileSizeOf(f *os.File) int64 {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+func dataEnd(f *os.File, size int64) (int, error) {
+	var chunk [64 << 10]byte
+	end := size
+	for end > 0 {
+		start := max(0, end-int64(len(chunk)))
+		b := chunk[:end-start]
+		if _, err := f.ReadAt(b, start); err != nil && !errors.Is(err, io.EOF) {
+			return 0, err
+		}
+		if i := lastNonZero(b); i >= 0 {
+			return int(start) + i + 1, nil
+		}
+		end = start
+	}
+	return 0, nil
+}
+
+func lastNonZero(b []byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] != 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// readAll reads a segment up to the end of its data: the preallocated zeros
+// after it (see preallocate) are found from the end in small reads and left
+// out, so recovering a mostly empty 64 MiB segment needs no 64 MiB buffer.
 func readAll(f *os.File, buf []byte) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	n := int(fi.Size())
+	n, err := dataEnd(f, fi.Size())
+	if err != nil {
+		return nil, err
+	}
 	if cap(buf) < n {
 		buf = make([]byte, n)
 	}
@@ -241,6 +331,7 @@ func (l *Log) newSegment(base uint64) error {
 	if err != nil {
 		return fmt.Errorf("cannot create segment: %w", err)
 	}
+	preallocate(f, l.segBytes)
 	if err := syncDir(l.dir); err != nil {
 		f.Close()
 		os.Remove(path)

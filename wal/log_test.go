@@ -10,6 +10,9 @@ import (
 	"time"
 )
 
+// testSegBytes keeps the preallocated test segments small.
+const testSegBytes = 256 << 10
+
 func testBody(id uint64) []byte {
 	return []byte(fmt.Sprintf(`{"patientId":%d,"timestamp":"Tue Nov 01 2016 09:11:51 GMT-0500 (CDT)","medication":"Albuterol"}`, id))
 }
@@ -17,7 +20,7 @@ func testBody(id uint64) []byte {
 // writeLog writes ids 1..n to a new log in dir, flushing every batch records.
 func writeLog(t *testing.T, dir string, n, batch int) []uint64 {
 	t.Helper()
-	l, _, err := OpenLog(dir, 64<<20, true, false, nil)
+	l, _, err := OpenLog(dir, testSegBytes, true, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +52,7 @@ type recovered struct {
 func recoverLog(t *testing.T, dir string, repair bool) recovered {
 	t.Helper()
 	var r recovered
-	l, st, err := OpenLog(dir, 64<<20, true, repair, func(id, pos uint64) { r.ids = append(r.ids, id) })
+	l, st, err := OpenLog(dir, testSegBytes, true, repair, func(id, pos uint64) { r.ids = append(r.ids, id) })
 	r.st, r.err = st, err
 	if err == nil {
 		// Every recovered record reads back by position.
@@ -99,7 +102,8 @@ func TestTornTailEveryOffset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := int(ends[14]) // the last five records and everything inside them
+	full = full[:ends[len(ends)-1]] // without the preallocated zeros
+	from := int(ends[14])           // the last five records and everything inside them
 	for cut := from; cut <= len(full); cut++ {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, segmentName(0)), full[:cut], 0o644); err != nil {
@@ -114,12 +118,14 @@ func TestTornTailEveryOffset(t *testing.T) {
 			want++
 		}
 		checkPrefix(t, r.ids, want)
-		fi, _ := os.Stat(filepath.Join(dir, segmentName(0)))
-		if fi.Size() != int64(ends[want-1]) {
-			t.Fatalf("cut at %d: file is %d bytes after recovery, want %d", cut, fi.Size(), ends[want-1])
+		// The torn bytes are gone: the valid prefix is followed only by
+		// zeros (the segment is preallocated again) or by nothing.
+		after, _ := os.ReadFile(filepath.Join(dir, segmentName(0)))
+		if len(after) < int(ends[want-1]) || !bytes.Equal(after[:ends[want-1]], full[:ends[want-1]]) || !allZero(after[ends[want-1]:]) {
+			t.Fatalf("cut at %d: after recovery the file is %d bytes, not the %d-byte valid prefix and zeros", cut, len(after), ends[want-1])
 		}
 		// Appends after the repair survive a second crash.
-		l, _, err := OpenLog(dir, 64<<20, true, false, nil)
+		l, _, err := OpenLog(dir, testSegBytes, true, false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +170,7 @@ func TestZeroedSectorAndFlippedBit(t *testing.T) {
 				t.Fatalf("%s: damaged segment not moved aside: %v", name, aside)
 			}
 			// The repaired log opens cleanly and takes appends that survive.
-			l, _, err := OpenLog(dir, 64<<20, true, false, nil)
+			l, _, err := OpenLog(dir, testSegBytes, true, false, nil)
 			if err != nil {
 				t.Fatalf("%s: reopen after repair: %v", name, err)
 			}
@@ -195,7 +201,8 @@ func TestZeroedSectorAndFlippedBit(t *testing.T) {
 	f("flipped bit in the middle", func(b []byte) { b[off100+rec/2] ^= 0x10 }, 99, true)
 	f("flipped bit in a length", func(b []byte) { b[off100+1] ^= 0x01 }, 99, true)
 	f("zeroed last sector", func(b []byte) {
-		for i := len(b) - 512; i < len(b); i++ {
+		end := lastNonZero(b) + 1 // the end of the data; the rest is preallocated
+		for i := end - 512; i < end; i++ {
 			b[i] = 0
 		}
 	}, 200-(512+rec-1)/rec, false)
@@ -336,4 +343,35 @@ func TestIndex(t *testing.T) {
 	if _, _, ok := x.Get(4096); ok || x.Len() != 3 {
 		t.Fatal("Delete did not forget")
 	}
+}
+
+// TestZeroEndingRecords: records whose last bytes are zeros (an empty body
+// leaves the id's high bytes last) are recovered from a preallocated
+// segment, whose free space is zeros too.
+func TestZeroEndingRecords(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := OpenLog(dir, testSegBytes, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies := [][]byte{[]byte("{}"), nil, {'x', 0, 0, 0}, nil}
+	for i, b := range bodies {
+		if _, err := l.Append(uint64(i+1), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Crash: no Close.
+	var got []uint64
+	l2, st, err := OpenLog(dir, testSegBytes, true, false, func(id, pos uint64) { got = append(got, id) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if len(got) != len(bodies) || st.TruncatedBytes != 0 {
+		t.Fatalf("recovered %v (truncated %d bytes), want ids 1-%d", got, st.TruncatedBytes, len(bodies))
+	}
+	l.Close()
 }

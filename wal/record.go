@@ -86,8 +86,22 @@ func DecodeRecord(b []byte) (id uint64, body []byte, size int, err error) {
 // after the bad spot) from corruption in the middle (valid records follow).
 // Random bytes rarely look like a length below MaxBody, so the scan seldom
 // computes a CRC.
+//
+// Runs of zeros (a zeroed sector, the preallocated rest of a segment) are
+// skipped in one pass: 16 zero bytes never decode, so a record can start at
+// most 15 bytes before the end of a run.
 func nextValid(b []byte, from int) int {
 	for off := from; off+headerSize <= len(b); off++ {
+		if b[off] == 0 {
+			j := off
+			for j < len(b) && b[j] == 0 {
+				j++
+			}
+			if j-off >= headerSize {
+				off = j - headerSize // the loop's off++ makes it j-15
+				continue
+			}
+		}
 		if _, _, _, err := DecodeRecord(b[off:]); err == nil {
 			return off
 		}
