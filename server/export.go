@@ -54,11 +54,6 @@ func (s *Server) export(ctx *fasthttp.RequestCtx) {
 		}
 		limit = n
 	}
-	if cursor != nil {
-		if err := s.wal.AckExport(cursor); err != nil {
-			s.log.Error("cannot record the export cursor", "err", err)
-		}
-	}
 	out := ctx.Response.BodyWriter()
 	var line []byte
 	count := 0
@@ -73,8 +68,14 @@ func (s *Server) export(ctx *fasthttp.RequestCtx) {
 	if err != nil {
 		s.log.Error("export failed", "err", err)
 		ctx.Response.ResetBody()
-		s.fail(ctx, fasthttp.StatusInternalServerError, ReasonNotFound, errExportRead)
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errCursor)
 		return
+	}
+	if cursor != nil {
+		// Acknowledge only a cursor that read back cleanly.
+		if err := s.wal.AckExport(cursor); err != nil {
+			s.log.Error("cannot record the export cursor", "err", err)
+		}
 	}
 	ctx.Response.Header.SetContentType("application/x-ndjson")
 	ctx.Response.Header.Set(strNextCursor, wal.FormatCursor(next))

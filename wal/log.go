@@ -560,8 +560,16 @@ func (l *Log) ReadFrom(pos uint64, buf []byte, fn func(id uint64, body []byte) b
 					break // the rest is in the next chunk
 				}
 				if errors.Is(err, ErrTorn) {
-					// A record larger than the chunk.
-					rec := make([]byte, RecordSize(int(uint32(buf[used])|uint32(buf[used+1])<<8|uint32(buf[used+2])<<16|uint32(buf[used+3])<<24)))
+					// A record larger than the chunk, or a cursor that does
+					// not point at a record: never trust the length blindly.
+					if len(buf)-used < headerSize {
+						return pos, buf, ErrCorrupt
+					}
+					l := binary.LittleEndian.Uint32(buf[used:])
+					if l > MaxBody || off+int64(RecordSize(int(l))) > size {
+						return pos, buf, ErrCorrupt
+					}
+					rec := make([]byte, RecordSize(int(l)))
 					if _, err := s.f.ReadAt(rec, off); err != nil {
 						return pos, buf, err
 					}
