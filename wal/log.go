@@ -494,7 +494,7 @@ func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
 	if _, err := s.f.ReadAt(dst[start:], off); err != nil {
 		return dst[:start], 0, err
 	}
-	n := int64(headerSize) + int64(uint32(dst[start])|uint32(dst[start+1])<<8|uint32(dst[start+2])<<16|uint32(dst[start+3])<<24)
+	n := int64(RecordSize(int(binary.LittleEndian.Uint32(dst[start:]))))
 	if n > want {
 		if off+n > size {
 			return dst[:start], 0, ErrCorrupt

@@ -324,7 +324,6 @@ func (s *Store) Close() error {
 		}
 	}
 	s.lease.Close()
-	s.export.close()
 	s.lock.Close()
 	return err
 }
@@ -410,8 +409,6 @@ func (e *exportMark) ack(cursor []uint64) error {
 	e.pos, e.set = append([]uint64(nil), cursor...), true
 	return nil
 }
-
-func (e *exportMark) close() {}
 
 // FormatCursor renders an export cursor: shard positions joined by '.'.
 func FormatCursor(c []uint64) string {
