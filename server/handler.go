@@ -28,6 +28,8 @@ const (
 	ReasonMethod           // 405
 	ReasonNotFound         // 404
 	ReasonProtocol         // 400/408/431 from the HTTP parser
+	ReasonToken            // 401: no bearer token, or an unknown one
+	ReasonForbidden        // 403: a token without the scope needed
 	numReasons
 )
 
@@ -62,9 +64,16 @@ var (
 
 // Handler is the fasthttp.RequestHandler of the API. It is safe for
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
-// no channel and logs nothing.
+// no channel and logs nothing. A panic is answered 500 (recover.go).
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	defer s.after(ctx, s.sample())
+	if s.testHook != nil {
+		s.testHook(ctx)
+	}
 	path := ctx.Path()
+	if !s.authorize(ctx, path) {
+		return
+	}
 	switch {
 	case string(path) == pathUsages:
 		if ctx.IsPost() {
@@ -91,6 +100,10 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodRoot)
+	case string(path) == pathHealthz:
+		s.healthz(ctx)
+	case string(path) == pathReadyz:
+		s.readyz(ctx)
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNotFound)
 	}

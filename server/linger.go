@@ -41,6 +41,9 @@ type lingerConn struct {
 }
 
 func lingerOnClose(c net.Conn) {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn() // *tls.Conn over our *lingerConn
+	}
 	if lc, ok := c.(*lingerConn); ok {
 		lc.linger.Store(true)
 	}

@@ -8,6 +8,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 
+	"github.com/busyapi/busyapi/auth"
 	"github.com/busyapi/busyapi/shard"
 	"github.com/busyapi/busyapi/store"
 	"github.com/busyapi/busyapi/wal"
@@ -87,6 +89,20 @@ type Config struct {
 	MaxConns int
 	// Logger receives the server's events; default slog.Default().
 	Logger *slog.Logger
+	// Tokens, when set, requires a bearer token (Authorization: Bearer
+	// <token>) on the API: a write token for POSTs under /api/, a read
+	// token for GET and HEAD under /api/ and of /metrics. /, /healthz and
+	// /readyz stay open. Nil: no authentication. Reload the tokens with
+	// Tokens.Reload while serving; requests see the new ones at once.
+	Tokens *auth.Tokens
+	// TLS, when set, makes Serve answer HTTPS only, with this configuration
+	// (its certificates or GetCertificate). Serve defaults NextProtos to
+	// http/1.1 and MinVersion to TLS 1.2.
+	TLS *tls.Config
+	// AccessLogSample logs one request in AccessLogSample (method, path,
+	// status, duration, remote address) at info level: 1 logs every
+	// request, 0 (the default) none.
+	AccessLogSample int
 }
 
 func (c *Config) setDefaults() error {
@@ -147,6 +163,22 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.AccessLogSample < 0 {
+		return fmt.Errorf("access log sample %d is negative: use 0 (off), 1 (every request) or N (one in N)", c.AccessLogSample)
+	}
+	if c.TLS != nil {
+		t := c.TLS.Clone()
+		if len(t.NextProtos) == 0 {
+			t.NextProtos = []string{"http/1.1"}
+		}
+		if t.MinVersion == 0 {
+			t.MinVersion = tls.VersionTLS12
+		}
+		if len(t.Certificates) == 0 && t.GetCertificate == nil && t.GetConfigForClient == nil {
+			return errors.New("TLS configuration has no certificate: set Certificates or GetCertificate")
+		}
+		c.TLS = t
+	}
 	return nil
 }
 
@@ -165,7 +197,13 @@ type Server struct {
 
 	stored   atomic.Uint64
 	rejected [numReasons]atomic.Uint64
+	panics   atomic.Uint64
+	requests atomic.Uint64 // for access log sampling only
 	closed   atomic.Bool
+	ready    atomic.Bool // the log is recovered and the shards run
+
+	// testHook, when set (by tests only), runs first in every request.
+	testHook func(*fasthttp.RequestCtx)
 }
 
 // New returns a Server with its shards and drainers running. Call Shutdown
@@ -235,16 +273,23 @@ func New(cfg Config) (*Server, error) {
 		CloseOnShutdown:              true,
 		Logger:                       fasthttpLogger{s.log},
 	}
+	s.ready.Store(true)
 	return s, nil
 }
 
 // Config returns the configuration in effect, with defaults applied.
 func (s *Server) Config() Config { return s.cfg }
 
-// Serve accepts connections on ln until Shutdown. It returns nil after
-// Shutdown.
+// Serve accepts connections on ln until Shutdown, over TLS with
+// Config.TLS. It returns nil after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.http.Serve(lingerListener{ln})
+	var l net.Listener = lingerListener{ln}
+	if s.cfg.TLS != nil {
+		// TLS over the linger and lazy-deadline connection: tls.Conn sets
+		// its deadlines and closes through it.
+		l = tls.NewListener(l, s.cfg.TLS)
+	}
+	err := s.http.Serve(l)
 	if s.closed.Load() {
 		return nil
 	}
@@ -298,6 +343,7 @@ func (s *Server) retention() {
 type Stats struct {
 	Stored   uint64             // usages answered 201
 	Rejected [numReasons]uint64 // requests refused, by reason
+	Panics   uint64             // handler panics, answered 500
 	Shard    shard.Stats
 	Cache    store.CacheStats
 }
@@ -305,6 +351,7 @@ type Stats struct {
 // UpdateStats fills st.
 func (s *Server) UpdateStats(st *Stats) {
 	st.Stored = s.stored.Load()
+	st.Panics = s.panics.Load()
 	for i := range s.rejected {
 		st.Rejected[i] = s.rejected[i].Load()
 	}
