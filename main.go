@@ -4,11 +4,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"os"
@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/busyapi/busyapi/auth"
 	"github.com/busyapi/busyapi/server"
 )
 
@@ -35,7 +36,7 @@ func run(args []string) error {
 	cfg.MaxBodyBytes = 16 << 10
 	cfg.RingBytes = 4 << 20
 	cfg.CacheBytes = 64 << 20
-	addr := fs.String("addr", "", "listen address HOST:PORT (default :3000, or :$PORT)")
+	addr := fs.String("addr", "", "listen address HOST:PORT, or unix:/path/to.sock (default :3000, or :$PORT)")
 	fs.Var((*byteSize)(&cfg.MaxBodyBytes), "max-body", "largest request body; larger ones get 413 (e.g. 16KiB)")
 	fs.Var((*byteSize)(&cfg.RingBytes), "ring-bytes", "capacity of each shard's ring; a full ring answers 503 (e.g. 4MiB)")
 	fs.IntVar(&cfg.Shards, "shards", 0, "number of shards (default and minimum GOMAXPROCS)")
@@ -54,6 +55,11 @@ func run(args []string) error {
 	fs.IntVar(&cfg.MaxConns, "max-conns", 256*1024, "most concurrent connections")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
 	pprofAddr := fs.String("pprof-addr", "", "serve Go's /debug/pprof on this address (e.g. 127.0.0.1:6060); off by default")
+	tokensFile := fs.String("tokens", "", "file of bearer tokens, one \"write <token>\" or \"read <token>\" a line; re-read on SIGHUP (default: no authentication)")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) file: serve HTTPS (needs --tls-key)")
+	tlsKey := fs.String("tls-key", "", "PEM private key file of --tls-cert")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	fs.IntVar(&cfg.AccessLogSample, "access-log-sample", 0, "log one request in N (method, path, status, duration, remote address): 0 = off, 1 = every request")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -63,8 +69,38 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var log *slog.Logger
+	switch *logFormat {
+	case "text":
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	case "json":
+		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	default:
+		return fmt.Errorf("unknown --log-format %q: use text or json", *logFormat)
+	}
 	cfg.Logger = log
+	if cfg.AccessLogSample < 0 {
+		return fmt.Errorf("--access-log-sample %d is negative: use 0 (off), 1 (every request) or N (one in N)", cfg.AccessLogSample)
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key go together: set both to serve HTTPS, or neither")
+	}
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("cannot load --tls-cert and --tls-key: %w", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	if *tokensFile != "" {
+		t, err := auth.Load(*tokensFile)
+		if err != nil {
+			return err
+		}
+		cfg.Tokens = t
+		r, w := t.Count()
+		log.Info("bearer tokens required", "file", t.Path(), "write_tokens", w, "read_tokens", r)
+	}
 	cfg.SegmentBytes = int64(segBytes)
 	if cfg.Ack == server.AckFsync && cfg.DataDir != "" {
 		// A drainer in fdatasync holds its P until sysmon takes it back,
@@ -96,26 +132,33 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", listen)
+	ln, err := srv.Listen(listen)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
-		return fmt.Errorf("cannot listen on %q: %w", listen, err)
+		return err
 	}
 	c := srv.Config()
-	log.Info("busyapi listening", "addr", ln.Addr().String(), "shards", c.Shards,
+	log.Info("busyapi listening", "addr", ln.Addr().String(), "tls", c.TLS != nil, "auth", c.Tokens != nil, "shards", c.Shards,
 		"ring_bytes", c.RingBytes, "cache_bytes", c.CacheBytes, "ack", c.Ack, "max_body", c.MaxBodyBytes,
 		"data_dir", c.DataDir)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case err := <-errc:
-		_ = srv.Shutdown(context.Background())
-		return fmt.Errorf("serve: %w", err)
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String())
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	for stop := false; !stop; {
+		select {
+		case err := <-errc:
+			_ = srv.Shutdown(context.Background())
+			return fmt.Errorf("serve: %w", err)
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				reload(log, cfg.Tokens)
+				continue
+			}
+			log.Info("shutting down", "signal", s.String())
+			stop = true
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 	defer cancel()
@@ -129,6 +172,21 @@ func run(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// reload re-reads the tokens file on SIGHUP. A bad file keeps the tokens in
+// effect.
+func reload(log *slog.Logger, tokens *auth.Tokens) {
+	if tokens == nil {
+		log.Info("SIGHUP: nothing to reload (no --tokens)")
+		return
+	}
+	if err := tokens.Reload(); err != nil {
+		log.Error("SIGHUP: cannot reload tokens: keeping the previous ones", "err", err)
+		return
+	}
+	r, w := tokens.Count()
+	log.Info("SIGHUP: reloaded tokens", "file", tokens.Path(), "write_tokens", w, "read_tokens", r)
 }
 
 // byteSize is a flag.Value for sizes such as 16384, 16KiB, 4MiB or 1GB.
