@@ -338,8 +338,13 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("negotiated %q, version %x", st.NegotiatedProtocol, st.Version)
 	}
 	conn.Close()
-	if _, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS11}); err == nil {
+	old, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
+	if err == nil {
+		old.Close()
 		t.Fatal("TLS 1.1 accepted")
+	}
+	if !strings.Contains(err.Error(), "protocol version") {
+		t.Fatalf("TLS 1.1 refused for another reason: %v", err)
 	}
 	// Plain HTTP to the TLS port is not served.
 	if resp, err := rawExchange(t, addr, postRequest(sample, "")); err == nil && resp.StatusCode() == 201 {
