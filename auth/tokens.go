@@ -165,8 +165,8 @@ func parse(r io.Reader) (*set, error) {
 		default:
 			return nil, fmt.Errorf("line %d: unknown scope %q: use write or read", n, f[0])
 		}
-		if !isB64Token(f[1]) {
-			return nil, fmt.Errorf("line %d: the token has characters a bearer token cannot carry: use letters, digits and - . _ ~ + /, optionally followed by =", n)
+		if !isTokenText(f[1]) {
+			return nil, fmt.Errorf("line %d: the token has characters an Authorization header cannot carry: use visible ASCII, best letters, digits and - . _ ~ + / (RFC 6750)", n)
 		}
 		s.entries = append(s.entries, entry{sum: sha256.Sum256([]byte(f[1])), scope: scope})
 	}
@@ -179,26 +179,14 @@ func parse(r io.Reader) (*set, error) {
 	return s, nil
 }
 
-// isB64Token reports whether tok is an RFC 6750 b64token:
-// 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
-func isB64Token(tok string) bool {
-	i := 0
-	for i < len(tok) && isTokenChar(tok[i]) {
-		i++
+// isTokenText reports whether tok is all visible ASCII, which any HTTP
+// client can send in a header. RFC 6750's b64token (letters, digits,
+// -._~+/ and trailing =) is a subset: prefer it.
+func isTokenText(tok string) bool {
+	for i := 0; i < len(tok); i++ {
+		if tok[i] < 0x21 || tok[i] > 0x7e {
+			return false
+		}
 	}
-	if i == 0 {
-		return false
-	}
-	for i < len(tok) && tok[i] == '=' {
-		i++
-	}
-	return i == len(tok)
-}
-
-func isTokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/'
+	return tok != ""
 }
