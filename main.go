@@ -128,6 +128,11 @@ func run(args []string) error {
 		}
 		listen = ":" + port
 	}
+	// Take SIGHUP (a reload) from now on: its default action would kill the
+	// process during recovery. It is handled once the server runs.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
+	defer signal.Stop(sig)
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -144,8 +149,7 @@ func run(args []string) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	for stop := false; !stop; {
 		select {
 		case err := <-errc:
