@@ -48,7 +48,7 @@ var (
 	errMethodUsage   = jsonError("method not allowed: use GET to read a usage")
 	errMethodRoot    = jsonError("method not allowed: use GET")
 	errMediaType     = jsonError("unsupported Content-Type: send application/json")
-	errEncoding      = jsonError("unsupported Content-Encoding: send the body uncompressed")
+	errEncoding      = jsonError("unsupported Content-Encoding: send gzip or an uncompressed body")
 	errFull          = jsonError("server is busy: the ingest ring is full; retry after the Retry-After delay")
 	errExhausted     = jsonError("server has run out of ids: no usage can be stored")
 	errNoIDs         = jsonError("server is busy reserving ids: retry after the Retry-After delay")
@@ -72,6 +72,12 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodUsages)
+	case string(path) == pathBatch:
+		if ctx.IsPost() {
+			s.postBatch(ctx)
+			return
+		}
+		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodBatch)
 	case string(path) == pathExport:
 		if ctx.IsGet() || ctx.IsHead() {
 			s.export(ctx)
@@ -102,12 +108,18 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errMediaType)
 		return
 	}
-	if ce := h.ContentEncoding(); len(ce) > 0 && !bytes.EqualFold(ce, strIdentity) {
-		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errEncoding)
-		return
+	body := ctx.PostBody()
+	if len(h.ContentEncoding()) > 0 {
+		b, release, status, msg := s.requestBody(ctx, s.cfg.MaxBodyBytes, errTooLarge)
+		if msg != nil {
+			s.fail(ctx, status, reasonOf(status), msg)
+			return
+		}
+		defer release()
+		body = b
 	}
 	p := s.parsers.Get()
-	body, bad := validateUsage(p, ctx.PostBody())
+	body, bad := validateUsage(p, body)
 	s.parsers.Put(p)
 	if bad != nil {
 		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, bad)
@@ -254,7 +266,11 @@ func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	var netErr net.Error
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, ReasonTooLarge, errTooLarge)
+		msg := errTooLarge
+		if isBatchURI(ctx.Request.Header.RequestURI()) {
+			msg = errBatchTooLarge
+		}
+		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, ReasonTooLarge, msg)
 	case errors.As(err, &small):
 		s.fail(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, ReasonProtocol, errHeaderLarge)
 	case errors.As(err, &netErr) && netErr.Timeout():

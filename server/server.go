@@ -44,6 +44,12 @@ type Config struct {
 	// MaxBodyBytes is the largest accepted request body; larger ones are
 	// answered 413. Default 16 KiB.
 	MaxBodyBytes int
+	// MaxBatchItems bounds the usages of one POST /api/usages/batch; more
+	// are answered 413. Default 10,000.
+	MaxBatchItems int
+	// MaxBatchBytes bounds a batch body, after decompression; larger ones
+	// are answered 413. Default 4 MiB.
+	MaxBatchBytes int
 	// Shards is the number of rings; default (and minimum) GOMAXPROCS.
 	Shards int
 	// RingBytes is the capacity of each shard's ring. When a ring is full,
@@ -92,6 +98,12 @@ type Config struct {
 func (c *Config) setDefaults() error {
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 16 << 10
+	}
+	if c.MaxBatchItems <= 0 {
+		c.MaxBatchItems = 10000
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 4 << 20
 	}
 	if c.Shards < runtime.GOMAXPROCS(0) {
 		c.Shards = runtime.GOMAXPROCS(0)
@@ -227,6 +239,7 @@ func New(cfg Config) (*Server, error) {
 		ErrorHandler:                 s.ErrorHandler,
 		Name:                         "busyapi",
 		MaxRequestBodySize:           cfg.MaxBodyBytes,
+		HeaderReceived:               s.headerReceived,
 		ReadTimeout:                  cfg.ReadTimeout,
 		WriteTimeout:                 cfg.WriteTimeout,
 		IdleTimeout:                  cfg.IdleTimeout,
@@ -236,6 +249,21 @@ func New(cfg Config) (*Server, error) {
 		Logger:                       fasthttpLogger{s.log},
 	}
 	return s, nil
+}
+
+// headerReceived lets batch bodies be larger than single usages.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if isBatchURI(h.RequestURI()) {
+		return fasthttp.RequestConfig{MaxRequestBodySize: s.cfg.MaxBatchBytes}
+	}
+	return fasthttp.RequestConfig{}
+}
+
+// isBatchURI reports whether a request-target is the batch path, with or
+// without a query.
+func isBatchURI(uri []byte) bool {
+	return len(uri) >= len(pathBatch) && string(uri[:len(pathBatch)]) == pathBatch &&
+		(len(uri) == len(pathBatch) || uri[len(pathBatch)] == '?')
 }
 
 // Config returns the configuration in effect, with defaults applied.

@@ -1,0 +1,257 @@
+package server
+
+import (
+	"bytes"
+	"strconv"
+	"sync"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/busyapi/busyapi/shard"
+)
+
+const pathBatch = "/api/usages/batch"
+
+var (
+	strNDJSON  = []byte("application/x-ndjson")
+	strNDJSON2 = []byte("application/ndjson")
+	strJSONL   = []byte("application/jsonl")
+)
+
+var (
+	errBatchMediaType = jsonError("unsupported Content-Type: send application/x-ndjson (one usage per line) or application/json (an array of usages)")
+	errBatchEmpty     = jsonError("batch has no usages: send at least one")
+	errBatchNotArray  = jsonError("request body must be a JSON array of usage objects (or send application/x-ndjson)")
+	errBatchSyntax    = jsonError("request body is not a valid JSON array: separate the usages with commas and close it with ]")
+	errBatchTrailing  = jsonError("request body has data after the JSON array: send exactly one array")
+	errBatchTooMany   = jsonError("batch has too many usages: split it below the server's --max-batch-items limit")
+	errBatchTooLarge  = jsonError("batch is too large: split it below the server's --max-batch-bytes limit (counted after decompression)")
+	errMethodBatch    = jsonError("method not allowed: use POST to store a batch of usages")
+)
+
+// batchFormat is how a batch body lists its usages.
+type batchFormat int
+
+const (
+	formatNDJSON batchFormat = iota
+	formatArray
+)
+
+// batchFormatOf picks the format from the Content-Type, or from the body's
+// first byte when there is none.
+func batchFormatOf(ct, body []byte) (batchFormat, bool) {
+	if len(ct) == 0 {
+		if b := bytes.TrimLeft(body, " \t\r\n"); len(b) > 0 && b[0] == '[' {
+			return formatArray, true
+		}
+		return formatNDJSON, true
+	}
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = bytes.TrimSpace(ct)
+	switch {
+	case bytes.EqualFold(ct, strJSON):
+		return formatArray, true
+	case bytes.EqualFold(ct, strNDJSON), bytes.EqualFold(ct, strNDJSON2), bytes.EqualFold(ct, strJSONL):
+		return formatNDJSON, true
+	}
+	return 0, false
+}
+
+var idsPool = sync.Pool{New: func() any { return new([]uint64) }}
+
+// postBatch stores every usage of a batch, or none: POST /api/usages/batch.
+func (s *Server) postBatch(ctx *fasthttp.RequestCtx) {
+	body, release, status, msg := s.requestBody(ctx, s.cfg.MaxBatchBytes, errBatchTooLarge)
+	if msg != nil {
+		s.fail(ctx, status, reasonOf(status), msg)
+		return
+	}
+	defer release()
+	format, ok := batchFormatOf(ctx.Request.Header.ContentType(), body)
+	if !ok {
+		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errBatchMediaType)
+		return
+	}
+	b := shard.GetBatch()
+	p := s.parsers.Get()
+	status, index, msg := splitBatch(p, format, body, s.cfg.MaxBatchItems, b)
+	s.parsers.Put(p)
+	if msg != nil {
+		b.Release()
+		if index >= 0 {
+			s.rejected[ReasonInvalid].Add(1)
+			s.batchError(ctx, index, msg)
+			return
+		}
+		s.fail(ctx, status, reasonOf(status), msg)
+		return
+	}
+	n := b.Len()
+	ip := idsPool.Get().(*[]uint64)
+	defer idsPool.Put(ip)
+	ids, ticket, err := s.set.PutBatch(ctx.ConnID(), b, (*ip)[:0])
+	*ip = ids[:0]
+	if err != nil {
+		b.Release()
+		s.putFailed(ctx, err)
+		return
+	}
+	if s.fsync {
+		if err := s.set.Wait(ticket); err != nil {
+			s.putFailed(ctx, err)
+			return
+		}
+	}
+	s.stored.Add(uint64(n))
+	ctx.SetStatusCode(fasthttp.StatusCreated)
+	ctx.Response.Header.SetContentTypeBytes(strJSON)
+	out := ctx.Response.Body()[:0]
+	out = append(out, `{"ids":[`...)
+	for k, id := range ids {
+		if k > 0 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendUint(out, id, 10)
+	}
+	out = append(out, "]}"...)
+	ctx.Response.SetBodyRaw(out)
+}
+
+// reasonOf maps a refusal's status to its Stats reason.
+func reasonOf(status int) int {
+	switch status {
+	case fasthttp.StatusRequestEntityTooLarge:
+		return ReasonTooLarge
+	case fasthttp.StatusUnsupportedMediaType:
+		return ReasonMediaType
+	}
+	return ReasonInvalid
+}
+
+// batchError answers 400 {"error":"item I: ...","index":I}.
+func (s *Server) batchError(ctx *fasthttp.RequestCtx, index int, msg errBody) {
+	ctx.SetStatusCode(fasthttp.StatusBadRequest)
+	ctx.Response.Header.SetContentTypeBytes(strJSON)
+	// msg is {"error":"..."}: splice the index in front of its text and
+	// after it as a field.
+	const prefix = `{"error":"`
+	out := append(ctx.Response.Body()[:0], prefix...)
+	out = append(out, "usage "...)
+	out = strconv.AppendInt(out, int64(index), 10)
+	out = append(out, " of the batch (counting from 0): "...)
+	out = append(out, msg[len(prefix):len(msg)-1]...)
+	out = append(out, `,"index":`...)
+	out = strconv.AppendInt(out, int64(index), 10)
+	out = append(out, '}')
+	ctx.Response.SetBodyRaw(out)
+}
+
+// splitBatch validates every usage of body and adds it to b. On the first
+// problem it returns its status and message, and the index of the usage at
+// fault, or -1 if the problem is not one usage's.
+func splitBatch(p *fastjson.Parser, format batchFormat, body []byte, maxItems int, b *shard.Batch) (int, int, errBody) {
+	add := func(item []byte) (int, int, errBody) {
+		if b.Len() >= maxItems {
+			return fasthttp.StatusRequestEntityTooLarge, -1, errBatchTooMany
+		}
+		v, bad := validateUsage(p, item)
+		if bad != nil {
+			return fasthttp.StatusBadRequest, b.Len(), bad
+		}
+		b.Add(v)
+		return 0, 0, nil
+	}
+	if format == formatNDJSON {
+		for len(body) > 0 {
+			line := body
+			rest := []byte(nil)
+			if i := bytes.IndexByte(body, '\n'); i >= 0 {
+				line, rest = body[:i], body[i+1:]
+			}
+			// A blank last line is allowed; a blank line inside is an
+			// empty usage.
+			if len(rest) == 0 && len(bytes.TrimSpace(line)) == 0 {
+				break
+			}
+			if st, i, msg := add(line); msg != nil {
+				return st, i, msg
+			}
+			body = rest
+		}
+	} else {
+		body = bytes.TrimLeft(body, " \t\r\n")
+		if len(body) == 0 || body[0] != '[' {
+			return fasthttp.StatusBadRequest, -1, errBatchNotArray
+		}
+		body = bytes.TrimLeft(body[1:], " \t\r\n")
+		if len(body) > 0 && body[0] == ']' {
+			body = body[1:]
+		} else {
+			for {
+				end := valueEnd(body)
+				if st, i, msg := add(body[:end]); msg != nil {
+					return st, i, msg
+				}
+				body = bytes.TrimLeft(body[end:], " \t\r\n")
+				if len(body) == 0 {
+					return fasthttp.StatusBadRequest, -1, errBatchSyntax
+				}
+				c := body[0]
+				body = bytes.TrimLeft(body[1:], " \t\r\n")
+				if c == ']' {
+					break
+				}
+				if c != ',' {
+					return fasthttp.StatusBadRequest, -1, errBatchSyntax
+				}
+			}
+		}
+		if len(bytes.TrimLeft(body, " \t\r\n")) > 0 {
+			return fasthttp.StatusBadRequest, -1, errBatchTrailing
+		}
+	}
+	if b.Len() == 0 {
+		return fasthttp.StatusBadRequest, -1, errBatchEmpty
+	}
+	return 0, 0, nil
+}
+
+// valueEnd returns where the JSON value at the start of b ends: after the
+// bracket matching its first one, skipping strings, or, for a scalar, at
+// the next comma, bracket or white space. It only splits; each piece is
+// validated strictly on its own, and the separators by the caller, so
+// malformed input can split oddly but is never accepted.
+func valueEnd(b []byte) int {
+	depth := 0
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '"':
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return min(i+1, len(b))
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',', ' ', '\t', '\r', '\n':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return len(b)
+}
