@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"errors"
 	"strconv"
 	"sync"
 
@@ -93,13 +94,19 @@ func (s *Server) postBatch(ctx *fasthttp.RequestCtx) {
 	ip := idsPool.Get().(*[]uint64)
 	defer idsPool.Put(ip)
 	ids, ticket, err := s.set.PutBatch(ctx.ConnID(), b, (*ip)[:0])
+	// Batches are big and few: rather than refuse one because its shard
+	// has too many queued, wait for the drainer a few times.
+	for try := 0; try < 3 && errors.Is(err, shard.ErrFull); try++ {
+		s.set.WaitRoom(ctx.ConnID())
+		ids, ticket, err = s.set.PutBatch(ctx.ConnID(), b, ids[:0])
+	}
 	*ip = ids[:0]
 	if err != nil {
 		b.Release()
 		s.putFailed(ctx, err)
 		return
 	}
-	if s.fsync {
+	if s.fsync || s.set.Backlogged(ticket) {
 		if err := s.set.Wait(ticket); err != nil {
 			s.putFailed(ctx, err)
 			return

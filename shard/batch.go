@@ -59,8 +59,9 @@ const batchSlots = 64
 // slotTable holds a shard's batches in flight. A producer claims a free
 // slot with a CAS; the drainer empties it.
 type slotTable struct {
-	slot [batchSlots]atomic.Pointer[Batch]
-	next atomic.Uint32 // where the next claim starts looking
+	slot  [batchSlots]atomic.Pointer[Batch]
+	next  atomic.Uint32 // where the next claim starts looking
+	inUse atomic.Int32
 }
 
 func (t *slotTable) claim(b *Batch) (uint64, bool) {
@@ -68,6 +69,7 @@ func (t *slotTable) claim(b *Batch) (uint64, bool) {
 	for k := range uint32(batchSlots) {
 		i := (start + k) % batchSlots
 		if t.slot[i].CompareAndSwap(nil, b) {
+			t.inUse.Add(1)
 			return uint64(i), true
 		}
 	}
@@ -104,9 +106,32 @@ func (s *Set) PutBatch(hint uint64, b *Batch, ids []uint64) ([]uint64, Ticket, e
 	pos, err := r.PutRef(slot)
 	if err != nil {
 		s.slots[i].slot[slot].Store(nil)
+		s.slots[i].inUse.Add(-1)
 		return ids[:len(ids)-len(b.ids)], Ticket{}, err
 	}
+	// A batch is worth a drain of its own: wake the drainer rather than
+	// hold its records (and a slot) for up to FlushInterval.
+	s.poke(i)
 	return ids, Ticket{shard: i, pos: pos, seq: seq}, nil
+}
+
+// WaitRoom waits until everything queued on the shard picked by hint so
+// far has been drained, so that a PutBatch refused with ErrFull may be
+// tried again. It takes no lock.
+func (s *Set) WaitRoom(hint uint64) {
+	i := int(hint % uint64(len(s.rings)))
+	r := s.rings[i]
+	pos := r.head.Load()
+	s.poke(i)
+	r.Wait(pos)
+}
+
+// Backlogged reports whether the shard of t holds more than half the
+// batches it can. A producer that need not wait for t (memory
+// acknowledgement) should then Wait anyway, so that a steady stream of
+// batches slows to the drainer's pace instead of being refused.
+func (s *Set) Backlogged(t Ticket) bool {
+	return s.slots[t.shard].inUse.Load() > batchSlots/2
 }
 
 // drainBatch hands the records of the batch in slot to the sink and
@@ -114,6 +139,7 @@ func (s *Set) PutBatch(hint uint64, b *Batch, ids []uint64) ([]uint64, Ticket, e
 // calls it.
 func (s *Set) drainBatch(i int, slot uint64) int {
 	b := s.slots[i].slot[slot].Swap(nil)
+	s.slots[i].inUse.Add(-1)
 	n := len(b.ids)
 	for k, id := range b.ids {
 		s.sink.Append(i, id, b.record(k))

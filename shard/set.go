@@ -331,20 +331,14 @@ func (s *Set) drainer(i int) {
 			}
 			continue
 		}
-		if !s.eager {
-			t.Reset(s.interval)
-			select {
-			case <-t.C:
-			case <-s.wake:
-			}
-			continue
-		}
 		ch := make(chan struct{})
 		sl := &s.sleepers[i]
 		sl.ch.Store(&ch)
-		if r.Used() > 0 && sl.ch.CompareAndSwap(&ch, nil) {
+		if s.eager && r.Used() > 0 && sl.ch.CompareAndSwap(&ch, nil) {
 			continue // a record came in while we got ready to sleep
 		}
+		// Otherwise sleep FlushInterval; a poke (a waiting worker in eager
+		// mode, a batch in any mode) cuts it short.
 		t.Reset(s.interval)
 		select {
 		case <-t.C:
