@@ -64,6 +64,7 @@ var (
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
 // no channel and logs nothing.
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	defer s.meters.countRequest(ctx)
 	path := ctx.Path()
 	switch {
 	case string(path) == pathUsages:
@@ -91,6 +92,8 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodRoot)
+	case string(path) == pathMetrics:
+		s.serveMetrics(ctx)
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNotFound)
 	}
@@ -250,6 +253,7 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, status, reason int, msg errBody)
 // Embedders serving Handler with their own fasthttp.Server should set this
 // as its ErrorHandler.
 func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	defer s.meters.countError(ctx, err)
 	var small *fasthttp.ErrSmallBuffer
 	var netErr net.Error
 	switch {
