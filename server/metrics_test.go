@@ -302,3 +302,35 @@ func TestMetricsFsync(t *testing.T) {
 		t.Errorf("busyapi_recovery_seconds = %v (present %v), want > 0", r, ok)
 	}
 }
+
+// TestRouteOf: the path label follows Handler's routing, and raw paths
+// never become labels.
+func TestRouteOf(t *testing.T) {
+	for path, want := range map[string]string{
+		"/api/usages":        "/api/usages",
+		"/api/usages/1":      "/api/usages/{id}",
+		"/api/usages/abc":    "/api/usages/{id}",
+		"/api/usages/export": "/api/usages/export",
+		"/api/usages/":       "other",
+		"/api/usage":         "other",
+		"/":                  "/",
+		"/metrics":           "/metrics",
+		"/metrics/":          "other",
+		"/nope":              "other",
+	} {
+		if got := routeNames[routeOf([]byte(path))]; got != want {
+			t.Errorf("routeOf(%q) = %q, want %q", path, got, want)
+		}
+	}
+	m := newMeters()
+	m.countRoute(routeUsages, 201)
+	m.countRoute(routeUsages, 418) // unexpected: the route's "other"
+	m.countRoute(routeRoot, 503)   // not pre-created for "/": "other" too
+	var buf bytes.Buffer
+	m.set.WritePrometheus(&buf)
+	checkMetrics(t, parseMetrics(t, buf.Bytes()), map[string]float64{
+		requests("/api/usages", "201"):   1,
+		requests("/api/usages", "other"): 1,
+		requests("/", "other"):           1,
+	})
+}
