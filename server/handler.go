@@ -64,39 +64,42 @@ var (
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
 // no channel and logs nothing.
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	defer s.meters.countRequest(ctx)
 	path := ctx.Path()
-	switch {
-	case string(path) == pathUsages:
+	switch routeOf(path) {
+	case routeUsages:
 		if ctx.IsPost() {
 			s.postUsage(ctx)
 			return
 		}
 		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodUsages)
-	case string(path) == pathBatch:
+	case routeBatch:
 		if ctx.IsPost() {
 			s.postBatch(ctx)
 			return
 		}
 		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodBatch)
-	case string(path) == pathExport:
+	case routeExport:
 		if ctx.IsGet() || ctx.IsHead() {
 			s.export(ctx)
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodUsage)
-	case len(path) > len(pathUsagePrefix) && string(path[:len(pathUsagePrefix)]) == pathUsagePrefix:
+	case routeUsage:
 		if ctx.IsGet() || ctx.IsHead() {
 			s.getUsage(ctx, path[len(pathUsagePrefix):])
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodUsage)
-	case string(path) == "/":
+	case routeRoot:
 		if ctx.IsGet() || ctx.IsHead() {
 			ctx.SetContentType("text/plain; charset=utf-8")
 			ctx.SetBody(strWelcome)
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodRoot)
+	case routeMetrics:
+		s.serveMetrics(ctx)
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNotFound)
 	}
@@ -262,6 +265,7 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, status, reason int, msg errBody)
 // Embedders serving Handler with their own fasthttp.Server should set this
 // as its ErrorHandler.
 func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	defer s.meters.countError(ctx, err)
 	var small *fasthttp.ErrSmallBuffer
 	var netErr net.Error
 	switch {

@@ -174,6 +174,7 @@ type Server struct {
 	fsync   bool
 	stop    chan struct{}
 	bg      sync.WaitGroup
+	meters  *meters
 
 	stored   atomic.Uint64
 	rejected [numReasons]atomic.Uint64
@@ -186,7 +187,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters()}
 	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
 	scfg := shard.Config{
 		Shards:        cfg.Shards,
@@ -218,7 +219,8 @@ func New(cfg Config) (*Server, error) {
 			first = 1
 		}
 		scfg.FirstID = first
-		scfg.Sink = newDurableSink(w, s.cache)
+		s.meters.initLog(rec)
+		scfg.Sink = newDurableSink(w, s.cache, s.meters, s.fsync)
 		scfg.LeaseIDs = w.Lease().Extend
 		s.log.Info("recovered log", "dir", cfg.DataDir, "took", rec.Duration.String(),
 			"records", rec.Records, "bytes", rec.Bytes, "segments", rec.Segments, "shards", rec.Shards,
@@ -230,6 +232,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.set = shard.New(scfg)
+	s.meters.firstBlock = s.set.IDs().NextBlock()
+	s.meters.set.RegisterMetricsWriter(s.writeStats)
 	if s.wal != nil && cfg.Retention > 0 {
 		s.bg.Add(1)
 		go s.retention()
