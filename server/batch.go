@@ -90,32 +90,91 @@ func (s *Server) postBatch(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, status, reasonOf(status), msg)
 		return
 	}
+	if key, present, ok := idemKey(&ctx.Request.Header); present {
+		if !ok {
+			b.Release()
+			s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
+			return
+		}
+		claim := s.idem.begin(s, ctx, key, routeBatch, body)
+		if claim == nil {
+			b.Release()
+			return
+		}
+		s.storeBatch(ctx, b, claim, routeBatch)
+		return
+	}
+	s.storeBatch(ctx, b, nil, routeBatch)
+}
+
+// storeBatch queues b and answers 201 with its ids, as route answers
+// them, or the reason it could not. With a claim, the answer is also
+// remembered for the claim's Idempotency-Key.
+func (s *Server) storeBatch(ctx *fasthttp.RequestCtx, b *shard.Batch, claim *idemClaim, route int) {
 	n := b.Len()
+	var trailer []byte
+	if claim != nil {
+		b.SetTrailer(func(ids []uint64) []byte {
+			trailer = claim.trailer(appendIDs(nil, route, ids))
+			return trailer
+		})
+	}
 	ip := idsPool.Get().(*[]uint64)
 	defer idsPool.Put(ip)
-	ids, ticket, err := s.set.PutBatch(ctx.ConnID(), b, (*ip)[:0])
+	hint := ctx.ConnID()
+	ids, ticket, err := s.set.PutBatch(hint, b, (*ip)[:0])
 	// Batches are big and few: rather than refuse one because its shard
 	// has too many queued, wait for the drainer a few times.
 	for try := 0; try < 3 && errors.Is(err, shard.ErrFull); try++ {
-		s.set.WaitRoom(ctx.ConnID())
-		ids, ticket, err = s.set.PutBatch(ctx.ConnID(), b, ids[:0])
+		s.set.WaitRoom(hint)
+		ids, ticket, err = s.set.PutBatch(hint, b, ids[:0])
 	}
 	*ip = ids[:0]
 	if err != nil {
 		b.Release()
+	} else if s.fsync || s.set.Backlogged(ticket) {
+		err = s.set.Wait(ticket)
+	}
+	if err != nil {
+		if claim != nil {
+			claim.abandon()
+		}
 		s.putFailed(ctx, err)
 		return
 	}
-	if s.fsync || s.set.Backlogged(ticket) {
-		if err := s.set.Wait(ticket); err != nil {
-			s.putFailed(ctx, err)
-			return
-		}
-	}
 	s.stored.Add(uint64(n))
+	if claim != nil {
+		claim.end(trailer)
+	}
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
-	out := ctx.Response.Body()[:0]
+	if route == routeUsages {
+		var a [48]byte
+		ctx.Response.Header.SetBytesKV(strLocation, strconv.AppendUint(append(a[:0], pathUsagePrefix...), ids[0], 10))
+	}
+	setBody(ctx, func(out []byte) []byte { return appendIDs(out, route, ids) })
+}
+
+// setBody sets the response body to what fill appends, built in a pooled
+// buffer (SetBody copies it).
+func setBody(ctx *fasthttp.RequestCtx, fill func([]byte) []byte) {
+	bp, _ := bufPool.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	*bp = fill((*bp)[:0])
+	ctx.Response.SetBody(*bp)
+	bufPool.Put(bp)
+}
+
+// appendIDs appends the body of a 201: {"id":N} for one usage, or
+// {"ids":[...]} for a batch.
+func appendIDs(out []byte, route int, ids []uint64) []byte {
+	if route == routeUsages {
+		out = append(out, `{"id":`...)
+		out = strconv.AppendUint(out, ids[0], 10)
+		return append(out, '}')
+	}
 	out = append(out, `{"ids":[`...)
 	for k, id := range ids {
 		if k > 0 {
@@ -123,8 +182,7 @@ func (s *Server) postBatch(ctx *fasthttp.RequestCtx) {
 		}
 		out = strconv.AppendUint(out, id, 10)
 	}
-	out = append(out, "]}"...)
-	ctx.Response.SetBodyRaw(out)
+	return append(out, "]}"...)
 }
 
 // reasonOf maps a refusal's status to its Stats reason.
@@ -145,15 +203,16 @@ func (s *Server) batchError(ctx *fasthttp.RequestCtx, index int, msg errBody) {
 	// msg is {"error":"..."}: splice the index in front of its text and
 	// after it as a field.
 	const prefix = `{"error":"`
-	out := append(ctx.Response.Body()[:0], prefix...)
-	out = append(out, "usage "...)
-	out = strconv.AppendInt(out, int64(index), 10)
-	out = append(out, " of the batch (counting from 0): "...)
-	out = append(out, msg[len(prefix):len(msg)-1]...)
-	out = append(out, `,"index":`...)
-	out = strconv.AppendInt(out, int64(index), 10)
-	out = append(out, '}')
-	ctx.Response.SetBodyRaw(out)
+	setBody(ctx, func(out []byte) []byte {
+		out = append(out, prefix...)
+		out = append(out, "usage "...)
+		out = strconv.AppendInt(out, int64(index), 10)
+		out = append(out, " of the batch (counting from 0): "...)
+		out = append(out, msg[len(prefix):len(msg)-1]...)
+		out = append(out, `,"index":`...)
+		out = strconv.AppendInt(out, int64(index), 10)
+		return append(out, '}')
+	})
 }
 
 // splitBatch validates every usage of body and adds it to b. On the first

@@ -39,6 +39,9 @@ func newDurableSink(l *wal.Store, c *store.Cache, m *meters, sync bool) *durable
 }
 
 func (d *durableSink) Append(shard int, id uint64, body []byte) {
+	if id == 0 {
+		return // TODO(idempotency): log trailers once the log frames them
+	}
 	d.records[shard]++
 	d.log.Append(shard, id, body)
 }

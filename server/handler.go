@@ -128,6 +128,10 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, bad)
 		return
 	}
+	if key, present, ok := idemKey(h); present {
+		s.postUsageOnce(ctx, key, ok, body)
+		return
+	}
 	id, ticket, err := s.set.Put(ctx.ConnID(), body)
 	if err == nil && s.fsync {
 		// Group commit: wait, without a lock, for the drainer's fdatasync
@@ -149,6 +153,22 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
 	ctx.Response.SetBody(b)
+}
+
+// postUsageOnce stores one usage sent with an Idempotency-Key, as a batch
+// of one with the answer as its trailer.
+func (s *Server) postUsageOnce(ctx *fasthttp.RequestCtx, key []byte, ok bool, body []byte) {
+	if !ok {
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
+		return
+	}
+	claim := s.idem.begin(s, ctx, key, routeUsages, body)
+	if claim == nil {
+		return
+	}
+	b := shard.GetBatch()
+	b.Add(body)
+	s.storeBatch(ctx, b, claim, routeUsages)
 }
 
 func (s *Server) putFailed(ctx *fasthttp.RequestCtx, err error) {

@@ -81,8 +81,8 @@ func statusIndex(code int) int {
 // errors of ErrorHandler (400, 408, 431) come before the path is known and
 // count as path="other".
 var routeStatuses = [numRoutes][]int{
-	routeUsages:  {201, 204, 400, 405, 413, 415, 503},
-	routeBatch:   {201, 204, 400, 405, 413, 415, 503},
+	routeUsages:  {201, 204, 400, 405, 409, 413, 415, 422, 503},
+	routeBatch:   {201, 204, 400, 405, 409, 413, 415, 422, 503},
 	routeUsage:   {200, 204, 400, 404, 405, 413, 500},
 	routeExport:  {200, 204, 400, 404, 405, 413},
 	routeRoot:    {200, 204, 405, 413},
@@ -183,6 +183,7 @@ func (s *Server) writeStats(w io.Writer) {
 	var st Stats
 	s.UpdateStats(&st)
 	counter(w, "busyapi_usages_stored_total", st.Stored)
+	counter(w, "busyapi_idempotent_replays_total", st.Replays)
 	metrics.WriteMetadataIfNeeded(w, "busyapi_rejected_total", "counter")
 	for i, n := range st.Rejected {
 		fmt.Fprintf(w, "busyapi_rejected_total{reason=%q} %d\n", reasonNames[i], n)

@@ -50,6 +50,12 @@ type Config struct {
 	// MaxBatchBytes bounds a batch body, after decompression; larger ones
 	// are answered 413. Default 4 MiB.
 	MaxBatchBytes int
+	// IdempotencyWindow is how long an Idempotency-Key is remembered.
+	// Default 24 h.
+	IdempotencyWindow time.Duration
+	// IdempotencyBytes bounds the memory of remembered keys and answers;
+	// the oldest are forgotten first. Default 32 MiB (fastcache's minimum).
+	IdempotencyBytes int
 	// Shards is the number of rings; default (and minimum) GOMAXPROCS.
 	Shards int
 	// RingBytes is the capacity of each shard's ring. When a ring is full,
@@ -104,6 +110,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxBatchBytes <= 0 {
 		c.MaxBatchBytes = 4 << 20
+	}
+	if c.IdempotencyWindow <= 0 {
+		c.IdempotencyWindow = 24 * time.Hour
+	}
+	if c.IdempotencyBytes <= 0 {
+		c.IdempotencyBytes = 32 << 20
 	}
 	if c.Shards < runtime.GOMAXPROCS(0) {
 		c.Shards = runtime.GOMAXPROCS(0)
@@ -176,6 +188,8 @@ type Server struct {
 	bg      sync.WaitGroup
 	meters  *meters
 
+	idem     *idempotency
+	replays  atomic.Uint64 // requests answered from the idempotency cache
 	stored   atomic.Uint64
 	rejected [numReasons]atomic.Uint64
 	closed   atomic.Bool
@@ -188,6 +202,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters()}
+	s.idem = newIdempotency(cfg.IdempotencyBytes, cfg.IdempotencyWindow)
 	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
 	scfg := shard.Config{
 		Shards:        cfg.Shards,
@@ -329,6 +344,7 @@ func (s *Server) retention() {
 // Stats are the server's counters; fill them with UpdateStats.
 type Stats struct {
 	Stored   uint64             // usages answered 201
+	Replays  uint64             // requests answered again for their Idempotency-Key
 	Rejected [numReasons]uint64 // requests refused, by reason
 	Shard    shard.Stats
 	Cache    store.CacheStats
@@ -337,6 +353,7 @@ type Stats struct {
 // UpdateStats fills st.
 func (s *Server) UpdateStats(st *Stats) {
 	st.Stored = s.stored.Load()
+	st.Replays = s.replays.Load()
 	for i := range s.rejected {
 		st.Rejected[i] = s.rejected[i].Load()
 	}

@@ -18,6 +18,12 @@ type Batch struct {
 	data []byte
 	ends []int // ends[k] is where record k ends in data
 	ids  []uint64
+
+	// trailer, if set, makes the body of one more record, with id 0,
+	// handed to the sink after the batch's records in the same flush: for
+	// example what an idempotency key answered, kept with the records.
+	trailer     func(ids []uint64) []byte
+	trailerBody []byte
 }
 
 var batchPool = sync.Pool{New: func() any { return new(Batch) }}
@@ -28,6 +34,7 @@ func GetBatch() *Batch { return batchPool.Get().(*Batch) }
 // Release empties b and returns it for reuse. b must not be used after.
 func (b *Batch) Release() {
 	b.data, b.ends, b.ids = b.data[:0], b.ends[:0], b.ids[:0]
+	b.trailer, b.trailerBody = nil, nil
 	batchPool.Put(b)
 }
 
@@ -36,6 +43,12 @@ func (b *Batch) Add(body []byte) {
 	b.data = append(b.data, body...)
 	b.ends = append(b.ends, len(b.data))
 }
+
+// SetTrailer makes PutBatch call fn with the batch's ids and queue what it
+// returns as a record with id 0, after the batch's records: it reaches the
+// sink in the same flush as they do, so it is durable exactly when they
+// are. Sinks must expect id 0 only from trailers.
+func (b *Batch) SetTrailer(fn func(ids []uint64) []byte) { b.trailer = fn }
 
 // Len returns the number of records.
 func (b *Batch) Len() int { return len(b.ends) }
@@ -95,6 +108,9 @@ func (s *Set) PutBatch(hint uint64, b *Batch, ids []uint64) ([]uint64, Ticket, e
 		}
 		b.ids = append(b.ids, id)
 	}
+	if b.trailer != nil {
+		b.trailerBody = b.trailer(b.ids)
+	}
 	slot, ok := s.slots[i].claim(b)
 	if !ok {
 		s.rings[i].full.Add(1)
@@ -143,6 +159,9 @@ func (s *Set) drainBatch(i int, slot uint64) int {
 	n := len(b.ids)
 	for k, id := range b.ids {
 		s.sink.Append(i, id, b.record(k))
+	}
+	if b.trailerBody != nil {
+		s.sink.Append(i, 0, b.trailerBody)
 	}
 	b.Release()
 	return n
