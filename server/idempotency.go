@@ -30,8 +30,8 @@ import (
 // start.
 
 const (
-	idemHeader = "Idempotency-Key"
-	maxIdemKey = 255
+	idemHeader  = "Idempotency-Key"
+	maxIdemKey  = 255
 	idemStripes = 256
 )
 
