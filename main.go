@@ -38,6 +38,10 @@ func run(args []string) error {
 	cfg.CacheBytes = 64 << 20
 	addr := fs.String("addr", "", "listen address HOST:PORT, or unix:/path/to.sock (default :3000, or :$PORT)")
 	fs.Var((*byteSize)(&cfg.MaxBodyBytes), "max-body", "largest request body; larger ones get 413 (e.g. 16KiB)")
+	cfg.MaxBatchBytes = 4 << 20
+	fs.IntVar(&cfg.MaxBatchItems, "max-batch-items", 10000, "most usages in one POST /api/usages/batch; more get 413")
+	fs.Var((*byteSize)(&cfg.MaxBatchBytes), "max-batch-bytes", "largest batch body after decompression; larger ones get 413 (e.g. 4MiB)")
+	fs.DurationVar(&cfg.IdempotencyWindow, "idempotency-window", 24*time.Hour, "how long an Idempotency-Key is remembered (kept in memory, rebuilt from the log on start)")
 	fs.Var((*byteSize)(&cfg.RingBytes), "ring-bytes", "capacity of each shard's ring; a full ring answers 503 (e.g. 4MiB)")
 	fs.IntVar(&cfg.Shards, "shards", 0, "number of shards (default and minimum GOMAXPROCS)")
 	fs.Uint64Var(&cfg.IDBlock, "id-block", 4096, "ids a shard reserves at a time")

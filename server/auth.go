@@ -6,10 +6,8 @@ import (
 	"github.com/busyapi/busyapi/auth"
 )
 
-const (
-	pathAPI     = "/api/"
-	pathMetrics = "/metrics"
-)
+// pathAPI prefixes every path that needs a token (besides pathMetrics).
+const pathAPI = "/api/"
 
 var (
 	strAuthorization   = []byte("Authorization")

@@ -177,7 +177,7 @@ func TestTokens(t *testing.T) {
 
 	// A reload takes effect on the next request; a bad file keeps the old
 	// tokens.
-	if err := os.WriteFile(path, []byte("write w-2\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("write w-2\nread r-1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := tokens.Reload(); err != nil {
@@ -203,6 +203,13 @@ func TestTokens(t *testing.T) {
 	s.UpdateStats(&st)
 	if st.Rejected[ReasonToken] == 0 || st.Rejected[ReasonForbidden] == 0 {
 		t.Fatalf("401 and 403 not counted: %v", st.Rejected)
+	}
+	a = do(t, c, "GET", base+"/metrics", "r-1", "")
+	for _, want := range []string{`busyapi_rejected_total{reason="unauthorized"} `, `busyapi_rejected_total{reason="forbidden"} `,
+		`busyapi_http_requests_total{path="/api/usages",status="401"} `, `busyapi_http_requests_total{path="/metrics",status="403"} `} {
+		if !strings.Contains(a.body, want) || strings.Contains(a.body, want+"0\n") {
+			t.Fatalf("/metrics does not count %q:\n%s", want, a.body)
+		}
 	}
 }
 

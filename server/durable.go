@@ -1,6 +1,8 @@
 package server
 
 import (
+	"time"
+
 	"github.com/busyapi/busyapi/store"
 	"github.com/busyapi/busyapi/wal"
 )
@@ -14,10 +16,17 @@ import (
 type durableSink struct {
 	log   *wal.Store
 	cache *store.Cache
+
+	// With sync, each Flush is one batch's write and fdatasync; its size
+	// and duration go to the fsync histograms. records[i] counts the
+	// open batch of shard i, touched only by that shard's drainer.
+	meters  *meters
+	sync    bool
+	records []int
 }
 
-func newDurableSink(l *wal.Store, c *store.Cache) *durableSink {
-	d := &durableSink{log: l, cache: c}
+func newDurableSink(l *wal.Store, c *store.Cache, m *meters, sync bool) *durableSink {
+	d := &durableSink{log: l, cache: c, meters: m, sync: sync, records: make([]int, l.Logs())}
 	l.OnFlush(func(shard int, idPos []uint64, err error) {
 		if err == nil {
 			return
@@ -30,9 +39,34 @@ func newDurableSink(l *wal.Store, c *store.Cache) *durableSink {
 }
 
 func (d *durableSink) Append(shard int, id uint64, body []byte) {
+	if id == 0 {
+		return // TODO(idempotency): log trailers once the log frames them
+	}
+	d.records[shard]++
 	d.log.Append(shard, id, body)
 }
 
-func (d *durableSink) Flush(shard int) error { return d.log.Flush(shard) }
+func (d *durableSink) Flush(shard int) error {
+	n := d.records[shard]
+	d.records[shard] = 0
+	if !d.sync {
+		err := d.log.Flush(shard)
+		if err != nil {
+			d.meters.flushErrors.Inc()
+		}
+		return err
+	}
+	start := time.Now()
+	err := d.log.Flush(shard)
+	if err != nil {
+		d.meters.flushErrors.Inc()
+		return err
+	}
+	if n > 0 {
+		d.meters.syncSeconds.Update(time.Since(start).Seconds())
+		d.meters.batchRecords.Update(float64(n))
+	}
+	return nil
+}
 
 func (d *durableSink) Recover(shard int) error { return d.log.Recover(shard) }

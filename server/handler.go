@@ -50,7 +50,7 @@ var (
 	errMethodUsage   = jsonError("method not allowed: use GET to read a usage")
 	errMethodRoot    = jsonError("method not allowed: use GET")
 	errMediaType     = jsonError("unsupported Content-Type: send application/json")
-	errEncoding      = jsonError("unsupported Content-Encoding: send the body uncompressed")
+	errEncoding      = jsonError("unsupported Content-Encoding: send gzip or an uncompressed body")
 	errFull          = jsonError("server is busy: the ingest ring is full; retry after the Retry-After delay")
 	errExhausted     = jsonError("server has run out of ids: no usage can be stored")
 	errNoIDs         = jsonError("server is busy reserving ids: retry after the Retry-After delay")
@@ -66,6 +66,7 @@ var (
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
 // no channel and logs nothing. A panic is answered 500 (recover.go).
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	defer s.meters.countRequest(ctx) // runs last: counts the 500 of a recovered panic
 	defer s.after(ctx, s.sample())
 	if s.testHook != nil {
 		s.testHook(ctx)
@@ -74,35 +75,43 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	if !s.authorize(ctx, path) {
 		return
 	}
-	switch {
-	case string(path) == pathUsages:
+	switch routeOf(path) {
+	case routeUsages:
 		if ctx.IsPost() {
 			s.postUsage(ctx)
 			return
 		}
 		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodUsages)
-	case string(path) == pathExport:
+	case routeBatch:
+		if ctx.IsPost() {
+			s.postBatch(ctx)
+			return
+		}
+		s.methodNotAllowed(ctx, "POST, OPTIONS", errMethodBatch)
+	case routeExport:
 		if ctx.IsGet() || ctx.IsHead() {
 			s.export(ctx)
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodUsage)
-	case len(path) > len(pathUsagePrefix) && string(path[:len(pathUsagePrefix)]) == pathUsagePrefix:
+	case routeUsage:
 		if ctx.IsGet() || ctx.IsHead() {
 			s.getUsage(ctx, path[len(pathUsagePrefix):])
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodUsage)
-	case string(path) == "/":
+	case routeRoot:
 		if ctx.IsGet() || ctx.IsHead() {
 			ctx.SetContentType("text/plain; charset=utf-8")
 			ctx.SetBody(strWelcome)
 			return
 		}
 		s.methodNotAllowed(ctx, "GET, HEAD, OPTIONS", errMethodRoot)
-	case string(path) == pathHealthz:
+	case routeMetrics:
+		s.serveMetrics(ctx)
+	case routeHealthz:
 		s.healthz(ctx)
-	case string(path) == pathReadyz:
+	case routeReadyz:
 		s.readyz(ctx)
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNotFound)
@@ -115,15 +124,25 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errMediaType)
 		return
 	}
-	if ce := h.ContentEncoding(); len(ce) > 0 && !bytes.EqualFold(ce, strIdentity) {
-		s.fail(ctx, fasthttp.StatusUnsupportedMediaType, ReasonMediaType, errEncoding)
-		return
+	body := ctx.PostBody()
+	if len(h.ContentEncoding()) > 0 {
+		b, release, status, msg := s.requestBody(ctx, s.cfg.MaxBodyBytes, errTooLarge)
+		if msg != nil {
+			s.fail(ctx, status, reasonOf(status), msg)
+			return
+		}
+		defer release()
+		body = b
 	}
 	p := s.parsers.Get()
-	body, bad := validateUsage(p, ctx.PostBody())
+	body, bad := validateUsage(p, body)
 	s.parsers.Put(p)
 	if bad != nil {
 		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, bad)
+		return
+	}
+	if key, present, ok := idemKey(h); present {
+		s.postUsageOnce(ctx, key, ok, body)
 		return
 	}
 	id, ticket, err := s.set.Put(ctx.ConnID(), body)
@@ -147,6 +166,22 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
 	ctx.Response.SetBody(b)
+}
+
+// postUsageOnce stores one usage sent with an Idempotency-Key, as a batch
+// of one with the answer as its trailer.
+func (s *Server) postUsageOnce(ctx *fasthttp.RequestCtx, key []byte, ok bool, body []byte) {
+	if !ok {
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
+		return
+	}
+	claim := s.idem.begin(s, ctx, key, routeUsages, body)
+	if claim == nil {
+		return
+	}
+	b := shard.GetBatch()
+	b.Add(body)
+	s.storeBatch(ctx, b, claim, routeUsages)
 }
 
 func (s *Server) putFailed(ctx *fasthttp.RequestCtx, err error) {
@@ -263,11 +298,16 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, status, reason int, msg errBody)
 // Embedders serving Handler with their own fasthttp.Server should set this
 // as its ErrorHandler.
 func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	defer s.meters.countError(ctx, err)
 	var small *fasthttp.ErrSmallBuffer
 	var netErr net.Error
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, ReasonTooLarge, errTooLarge)
+		msg := errTooLarge
+		if isBatchURI(ctx.Request.Header.RequestURI()) {
+			msg = errBatchTooLarge
+		}
+		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, ReasonTooLarge, msg)
 	case errors.As(err, &small):
 		s.fail(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, ReasonProtocol, errHeaderLarge)
 	case errors.As(err, &netErr) && netErr.Timeout():

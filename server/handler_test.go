@@ -198,24 +198,6 @@ func TestPostUsageRejects(t *testing.T) {
 	f("multipart/form-data; boundary=x", sample, 415, "Content-Type")
 }
 
-func TestPostUsageContentEncoding(t *testing.T) {
-	s := newTestServer(t, Config{})
-	var ctx fasthttp.RequestCtx
-	var req fasthttp.Request
-	req.Header.SetMethod("POST")
-	req.SetRequestURI("/api/usages")
-	req.Header.Set("Content-Encoding", "gzip")
-	req.SetBodyString(sample)
-	ctx.Init(&req, nil, nil)
-	s.Handler(&ctx)
-	if ctx.Response.StatusCode() != 415 {
-		t.Fatalf("Content-Encoding gzip: status %d, want 415", ctx.Response.StatusCode())
-	}
-	if s.stored.Load() != 0 {
-		t.Fatal("stored a usage with an unsupported encoding")
-	}
-}
-
 func TestRouting(t *testing.T) {
 	s := newTestServer(t, Config{})
 	f := func(method, uri string, status int, allow string) {

@@ -238,6 +238,14 @@ func TestPanicRecovered(t *testing.T) {
 	if n500 != 2 {
 		t.Fatalf("access log has %d 500s for the 2 panics:\n%s", n500, logs.String())
 	}
+	// And /metrics counts them.
+	var buf bytes.Buffer
+	s.WriteMetrics(&buf)
+	for _, want := range []string{"busyapi_panics_total 2\n", `busyapi_http_requests_total{path="/api/usages/{id}",status="500"} 2` + "\n"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, buf.String())
+		}
+	}
 }
 
 // TestAccessLog: one request in N is logged, with method, path, status,

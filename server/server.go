@@ -46,6 +46,18 @@ type Config struct {
 	// MaxBodyBytes is the largest accepted request body; larger ones are
 	// answered 413. Default 16 KiB.
 	MaxBodyBytes int
+	// MaxBatchItems bounds the usages of one POST /api/usages/batch; more
+	// are answered 413. Default 10,000.
+	MaxBatchItems int
+	// MaxBatchBytes bounds a batch body, after decompression; larger ones
+	// are answered 413. Default 4 MiB.
+	MaxBatchBytes int
+	// IdempotencyWindow is how long an Idempotency-Key is remembered.
+	// Default 24 h.
+	IdempotencyWindow time.Duration
+	// IdempotencyBytes bounds the memory of remembered keys and answers;
+	// the oldest are forgotten first. Default 32 MiB (fastcache's minimum).
+	IdempotencyBytes int
 	// Shards is the number of rings; default (and minimum) GOMAXPROCS.
 	Shards int
 	// RingBytes is the capacity of each shard's ring. When a ring is full,
@@ -108,6 +120,18 @@ type Config struct {
 func (c *Config) setDefaults() error {
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 16 << 10
+	}
+	if c.MaxBatchItems <= 0 {
+		c.MaxBatchItems = 10000
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 4 << 20
+	}
+	if c.IdempotencyWindow <= 0 {
+		c.IdempotencyWindow = 24 * time.Hour
+	}
+	if c.IdempotencyBytes <= 0 {
+		c.IdempotencyBytes = 32 << 20
 	}
 	if c.Shards < runtime.GOMAXPROCS(0) {
 		c.Shards = runtime.GOMAXPROCS(0)
@@ -194,7 +218,10 @@ type Server struct {
 	fsync   bool
 	stop    chan struct{}
 	bg      sync.WaitGroup
+	meters  *meters
 
+	idem     *idempotency
+	replays  atomic.Uint64 // requests answered from the idempotency cache
 	stored   atomic.Uint64
 	rejected [numReasons]atomic.Uint64
 	panics   atomic.Uint64
@@ -212,7 +239,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters()}
+	s.idem = newIdempotency(cfg.IdempotencyBytes, cfg.IdempotencyWindow)
 	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
 	scfg := shard.Config{
 		Shards:        cfg.Shards,
@@ -244,7 +272,8 @@ func New(cfg Config) (*Server, error) {
 			first = 1
 		}
 		scfg.FirstID = first
-		scfg.Sink = newDurableSink(w, s.cache)
+		s.meters.initLog(rec)
+		scfg.Sink = newDurableSink(w, s.cache, s.meters, s.fsync)
 		scfg.LeaseIDs = w.Lease().Extend
 		s.log.Info("recovered log", "dir", cfg.DataDir, "took", rec.Duration.String(),
 			"records", rec.Records, "bytes", rec.Bytes, "segments", rec.Segments, "shards", rec.Shards,
@@ -256,6 +285,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.set = shard.New(scfg)
+	s.meters.firstBlock = s.set.IDs().NextBlock()
+	s.meters.set.RegisterMetricsWriter(s.writeStats)
 	if s.wal != nil && cfg.Retention > 0 {
 		s.bg.Add(1)
 		go s.retention()
@@ -265,6 +296,7 @@ func New(cfg Config) (*Server, error) {
 		ErrorHandler:                 s.ErrorHandler,
 		Name:                         "busyapi",
 		MaxRequestBodySize:           cfg.MaxBodyBytes,
+		HeaderReceived:               s.headerReceived,
 		ReadTimeout:                  cfg.ReadTimeout,
 		WriteTimeout:                 cfg.WriteTimeout,
 		IdleTimeout:                  cfg.IdleTimeout,
@@ -275,6 +307,21 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ready.Store(true)
 	return s, nil
+}
+
+// headerReceived lets batch bodies be larger than single usages.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if isBatchURI(h.RequestURI()) {
+		return fasthttp.RequestConfig{MaxRequestBodySize: s.cfg.MaxBatchBytes}
+	}
+	return fasthttp.RequestConfig{}
+}
+
+// isBatchURI reports whether a request-target is the batch path, with or
+// without a query.
+func isBatchURI(uri []byte) bool {
+	return len(uri) >= len(pathBatch) && string(uri[:len(pathBatch)]) == pathBatch &&
+		(len(uri) == len(pathBatch) || uri[len(pathBatch)] == '?')
 }
 
 // Config returns the configuration in effect, with defaults applied.
@@ -342,6 +389,7 @@ func (s *Server) retention() {
 // Stats are the server's counters; fill them with UpdateStats.
 type Stats struct {
 	Stored   uint64             // usages answered 201
+	Replays  uint64             // requests answered again for their Idempotency-Key
 	Rejected [numReasons]uint64 // requests refused, by reason
 	Panics   uint64             // handler panics, answered 500
 	Shard    shard.Stats
@@ -352,6 +400,7 @@ type Stats struct {
 func (s *Server) UpdateStats(st *Stats) {
 	st.Stored = s.stored.Load()
 	st.Panics = s.panics.Load()
+	st.Replays = s.replays.Load()
 	for i := range s.rejected {
 		st.Rejected[i] = s.rejected[i].Load()
 	}

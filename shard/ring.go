@@ -24,6 +24,7 @@ const (
 	hdrBytes   = 16
 	flagCommit = 1 << 32
 	flagPad    = 1 << 33
+	flagRef    = 1 << 34 // no body; the id word is a Batch slot (PutRef)
 	lenMask    = 1<<32 - 1
 )
 
@@ -116,6 +117,16 @@ func recordBytes(n int) uint64 { return hdrBytes + (uint64(n)+7)&^7 }
 // goroutines. It returns ErrFull without storing anything when there is no
 // room. body is not retained.
 func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
+	return r.put(id, body, 0)
+}
+
+// PutRef puts a record that carries no body, only ref, for the consumer of
+// DrainRefs. It is otherwise the same as Put.
+func (r *Ring) PutRef(ref uint64) (uint64, error) {
+	return r.put(ref, nil, flagRef)
+}
+
+func (r *Ring) put(id uint64, body []byte, flags uint64) (uint64, error) {
 	need := recordBytes(len(body))
 	if len(body) > MaxRecord || need > r.size/2 {
 		return 0, ErrFull
@@ -150,7 +161,7 @@ func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
 		w := off / 8
 		r.words[w+1] = id
 		copy(r.buf[off+hdrBytes:], body)
-		atomic.StoreUint64(&r.words[w], uint64(len(body))|flagCommit)
+		atomic.StoreUint64(&r.words[w], uint64(len(body))|flagCommit|flags)
 		return h + pad + need, nil
 	}
 }
@@ -161,6 +172,12 @@ func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
 // called by the ring's single consumer. It returns the number of records and
 // the position up to which the ring has been drained.
 func (r *Ring) Drain(fn func(id uint64, body []byte)) (int, uint64) {
+	return r.DrainRefs(fn, nil)
+}
+
+// DrainRefs is Drain that passes the records put by PutRef to ref instead
+// of fn; they count in the number of records returned.
+func (r *Ring) DrainRefs(fn func(id uint64, body []byte), ref func(uint64)) (int, uint64) {
 	start := r.tail.Load()
 	h := r.head.Load()
 	t := start
@@ -177,6 +194,12 @@ func (r *Ring) Drain(fn func(id uint64, body []byte)) (int, uint64) {
 			continue
 		}
 		l := hdr & lenMask
+		if hdr&flagRef != 0 {
+			ref(r.words[w+1])
+			t += hdrBytes
+			n++
+			continue
+		}
 		fn(r.words[w+1], r.buf[off+hdrBytes:off+hdrBytes+l:off+hdrBytes+l])
 		t += recordBytes(int(l))
 		n++

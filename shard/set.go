@@ -72,6 +72,7 @@ var ErrUnavailable = errors.New("shard: store is failing; not accepting records"
 // allocator shared by them.
 type Set struct {
 	rings    []*Ring
+	slots    []slotTable // batches in flight, per shard
 	ids      *IDs
 	sink     Sink
 	interval time.Duration
@@ -138,6 +139,7 @@ func New(cfg Config) *Set {
 	}
 	s := &Set{
 		rings:    make([]*Ring, n),
+		slots:    make([]slotTable, n),
 		ids:      NewIDs(n, cfg.IDBlock, cfg.FirstID),
 		sink:     cfg.Sink,
 		interval: cfg.FlushInterval,
@@ -277,11 +279,15 @@ func (s *Set) drainer(i int) {
 	t := time.NewTimer(s.interval)
 	defer t.Stop()
 	appendFn := func(id uint64, body []byte) { s.sink.Append(i, id, body) }
+	extra := 0 // records in batches beyond the one ring record each
+	refFn := func(slot uint64) { extra += s.drainBatch(i, slot) - 1 }
 	rec, _ := s.sink.(Recoverer)
 	var lastTry time.Time
 	for {
 		start := r.tail.Load()
-		n, pos := r.Drain(appendFn)
+		extra = 0
+		n, pos := r.DrainRefs(appendFn, refFn)
+		n += extra
 		if pos > r.flushed.Load() {
 			r.BeginBatch(pos)
 			if err := s.sink.Flush(i); err != nil {
@@ -325,20 +331,14 @@ func (s *Set) drainer(i int) {
 			}
 			continue
 		}
-		if !s.eager {
-			t.Reset(s.interval)
-			select {
-			case <-t.C:
-			case <-s.wake:
-			}
-			continue
-		}
 		ch := make(chan struct{})
 		sl := &s.sleepers[i]
 		sl.ch.Store(&ch)
-		if r.Used() > 0 && sl.ch.CompareAndSwap(&ch, nil) {
+		if s.eager && r.Used() > 0 && sl.ch.CompareAndSwap(&ch, nil) {
 			continue // a record came in while we got ready to sleep
 		}
+		// Otherwise sleep FlushInterval; a poke (a waiting worker in eager
+		// mode, a batch in any mode) cuts it short.
 		t.Reset(s.interval)
 		select {
 		case <-t.C:

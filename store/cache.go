@@ -44,6 +44,9 @@ func key(k *[9]byte, kind byte, id uint64) []byte {
 
 // Append stores body under id. It implements shard.Sink.
 func (c *Cache) Append(shard int, id uint64, body []byte) {
+	if id == 0 {
+		return // a trailer record (shard.Batch.SetTrailer), not a usage
+	}
 	var k [9]byte
 	if len(body) >= bigValue {
 		c.c.SetBig(key(&k, 'b', id), body)
@@ -86,9 +89,14 @@ type CacheStats struct {
 	Evicted   uint64 // usages put but no longer held
 	Bytes     uint64 // bytes held
 	MaxBytes  uint64
-	GetCalls  uint64
-	Misses    uint64
+	GetCalls  uint64 // fastcache lookups (a Get is one or more)
+	Misses    uint64 // fastcache lookups that found nothing
 	Collision uint64
+	// Hits and GetMisses count Get calls that found, and did not find,
+	// their usage. Hits is exact while usages are below 60 KiB; a hit of
+	// a larger one counts once per 64 KiB chunk, plus one.
+	Hits      uint64
+	GetMisses uint64
 }
 
 // UpdateStats fills st.
@@ -114,6 +122,21 @@ func (c *Cache) UpdateStats(st *CacheStats) {
 	st.GetCalls = fs.GetCalls
 	st.Misses = fs.Misses
 	st.Collision = fs.Collisions
+	// A Get that misses looks up the small key, then the big one's
+	// metavalue, or its first missing chunk: two fastcache misses, one of
+	// them the small key's, which also precedes each GetBig call.
+	// The counters are read one after another while Gets go on, so
+	// clamp instead of wrapping around.
+	st.GetMisses = sub(fs.Misses, fs.GetBigCalls)
+	st.Hits = sub(fs.GetCalls, fs.Misses)
+}
+
+// sub returns a-b, or 0 if b > a.
+func sub(a, b uint64) uint64 {
+	if b > a {
+		return 0
+	}
+	return a - b
 }
 
 // Reset drops everything.

@@ -67,3 +67,33 @@ func TestCacheEvicts(t *testing.T) {
 		t.Fatalf("evicted %d + held %d != stored %d", st.Evicted, st.Entries, n)
 	}
 }
+
+// TestCacheHitsMisses: Hits and GetMisses count Get calls, although a
+// missing usage costs fastcache two lookups (small key, then big key).
+func TestCacheHitsMisses(t *testing.T) {
+	c := NewCache(32<<20, 1)
+	c.Append(0, 1, []byte(`{"patientId":1}`))
+	c.Fill(2, []byte(`{"patientId":2}`))
+	c.Append(0, 3, []byte(`{"big":"`+strings.Repeat("x", 100<<10)+`"}`))
+	get := func(id uint64, want bool) {
+		t.Helper()
+		if _, ok := c.Get(nil, id); ok != want {
+			t.Fatalf("Get(%d) found %v, want %v", id, ok, want)
+		}
+	}
+	get(1, true)
+	get(2, true)
+	get(4, false)
+	get(5, false)
+	get(1, true)
+	var st CacheStats
+	c.UpdateStats(&st)
+	if st.Hits != 3 || st.GetMisses != 2 {
+		t.Fatalf("Hits %d, GetMisses %d; want 3 and 2 (fastcache: %d lookups, %d misses)", st.Hits, st.GetMisses, st.GetCalls, st.Misses)
+	}
+	get(3, true) // a big value: misses do not change
+	c.UpdateStats(&st)
+	if st.GetMisses != 2 || st.Hits < 4 {
+		t.Fatalf("after a big hit: Hits %d, GetMisses %d; want at least 4 and 2", st.Hits, st.GetMisses)
+	}
+}
