@@ -40,10 +40,11 @@ type Log struct {
 	mu   sync.RWMutex // guards segs; held shortly, never during I/O by the writer
 	segs []*segment   // by base
 
-	buf   []byte // the batch being built
-	dirty bool   // written since the last fdatasync (memory mode)
-
-	failed bool // a write or fsync failed: nothing is accepted until Recover
+	// The writer's state, owned by the one goroutine that appends.
+	cur    *segment // the active segment, segs' last
+	buf    []byte   // the batch being built
+	dirty  bool     // written since the last fdatasync (memory mode)
+	failed bool     // a write or fsync failed: nothing is accepted until Recover
 }
 
 // RecoveryStats tell what opening a log found.
@@ -161,6 +162,7 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 			return nil, st, err
 		}
 	}
+	l.cur = l.segs[len(l.segs)-1]
 	return l, st, nil
 }
 
@@ -342,32 +344,21 @@ func (l *Log) newSegment(base uint64) error {
 	l.mu.Lock()
 	l.segs = append(l.segs, s)
 	l.mu.Unlock()
+	l.cur = s
 	return nil
 }
 
-func (l *Log) active() *segment {
-	l.mu.RLock()
-	s := l.segs[len(l.segs)-1]
-	l.mu.RUnlock()
-	return s
-}
+// ErrTooLarge is returned by Append for a body over MaxBody.
+var ErrTooLarge = errors.New("wal: record body over MaxBody")
 
-// Append adds a record to the current batch and returns its position. When
-// the batch would overflow the segment, the batch so far is written and
-// synced and a new segment is started first.
+// Append adds a record to the batch being built and returns its position.
+// It does no I/O: Flush writes the batch, wholly into one segment, at the
+// positions Append returned.
 func (l *Log) Append(id uint64, body []byte) (uint64, error) {
-	s := l.active()
-	size := int64(RecordSize(len(body)))
-	if cur := s.size.Load() + int64(len(l.buf)); cur > 0 && cur+size > l.segBytes {
-		if err := l.write(s, true); err != nil {
-			return 0, err
-		}
-		if err := l.newSegment(s.end()); err != nil {
-			return 0, err
-		}
-		s = l.active()
+	if len(body) > MaxBody {
+		return 0, ErrTooLarge
 	}
-	pos := s.end() + uint64(len(l.buf))
+	pos := l.cur.end() + uint64(len(l.buf))
 	l.buf = AppendRecord(l.buf, id, body)
 	return pos, nil
 }
@@ -375,55 +366,114 @@ func (l *Log) Append(id uint64, body []byte) (uint64, error) {
 // Pending reports whether a batch is waiting for Flush.
 func (l *Log) Pending() bool { return len(l.buf) > 0 }
 
-// Flush writes the batch with one write and, in sync mode, one fdatasync.
-// On error nothing of the batch counts as written: a partial write is cut
-// off again, and the log refuses further batches until Recover succeeds
-// (after a failed fsync the page cache can no longer be trusted, so the
-// fsync is never simply retried).
-func (l *Log) Flush() error {
-	return l.write(l.active(), l.sync)
-}
+// Discard drops the batch being built; none of it is written.
+func (l *Log) Discard() { l.buf = l.buf[:0] }
 
-func (l *Log) write(s *segment, syncNow bool) error {
+// Flush writes the batch with one write and, in sync mode, one fdatasync,
+// and only then makes it readable. On error nothing of the batch counts as
+// written: what it left on disk is cut off at once (so a crash right after
+// recovers none of it either), and the log refuses further batches until
+// Recover succeeds (after a failed fsync the page cache can no longer be
+// trusted, so the fsync is never simply retried).
+func (l *Log) Flush() error { return l.flush(l.sync) }
+
+// Sync writes the batch, if any, and makes everything flushed so far
+// durable (memory mode, shutdown).
+func (l *Log) Sync() error { return l.flush(true) }
+
+func (l *Log) flush(syncNow bool) error {
 	if l.failed {
 		l.buf = l.buf[:0]
 		return ErrFailed
 	}
-	if len(l.buf) > 0 {
-		off := s.size.Load()
-		if err := writeAt(s.f, l.buf, off); err != nil {
-			l.buf = l.buf[:0]
+	if len(l.buf) == 0 {
+		if syncNow && l.dirty {
+			return l.syncActive()
+		}
+		return nil
+	}
+	err := l.writeBatch(syncNow)
+	l.buf = l.buf[:0]
+	return err
+}
+
+// writeBatch writes the batch at the end of the active segment. A batch that
+// does not fit in what is left of a non-empty segment goes wholly into a new
+// one, which starts at the old one's end, so the positions Append returned
+// hold; a segment outgrows segBytes only with a batch that alone does.
+func (l *Log) writeBatch(syncNow bool) error {
+	if size := l.cur.size.Load(); size > 0 && size+int64(len(l.buf)) > l.segBytes {
+		if err := l.roll(); err != nil {
 			l.failed = true
-			return fmt.Errorf("wal: write %q: %w", s.path, err)
+			return err
 		}
-		l.dirty = true
-		if syncNow {
-			if err := syncData(s.f); err != nil {
-				l.buf = l.buf[:0]
-				l.failed = true
-				return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
-			}
-			l.dirty = false
-		}
-		s.size.Store(off + int64(len(l.buf)))
-		s.mod.Store(time.Now().UnixNano())
-		l.buf = l.buf[:0]
-	} else if syncNow && l.dirty {
+	}
+	s := l.cur
+	off := s.size.Load()
+	if err := writeAt(s.f, l.buf, off); err != nil {
+		return l.abort(fmt.Errorf("wal: write %q: %w", s.path, err))
+	}
+	l.dirty = true
+	if syncNow {
 		if err := syncData(s.f); err != nil {
-			l.failed = true
-			return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
+			return l.abort(fmt.Errorf("wal: fdatasync %q: %w", s.path, err))
 		}
 		l.dirty = false
 	}
+	s.size.Store(off + int64(len(l.buf)))
+	s.mod.Store(time.Now().UnixNano())
+	return nil
+}
+
+// roll makes the active segment durable and starts a new one at its end.
+func (l *Log) roll() error {
+	if l.dirty {
+		if err := l.syncActive(); err != nil {
+			return err
+		}
+	}
+	return l.newSegment(l.cur.end())
+}
+
+// syncActive fdatasyncs the active segment; a failure fails the log.
+func (l *Log) syncActive() error {
+	if err := syncData(l.cur.f); err != nil {
+		l.failed = true
+		return fmt.Errorf("wal: fdatasync %q: %w", l.cur.path, err)
+	}
+	l.dirty = false
+	return nil
+}
+
+// abort fails the log after a failed write or fdatasync of a batch and cuts
+// off what the batch left in the active segment. It returns err, joined with
+// the error of the cut if that failed too (Recover tries again).
+func (l *Log) abort(err error) error {
+	l.failed = true
+	if cerr := l.cutBack(); cerr != nil {
+		return errors.Join(err, cerr)
+	}
+	return err
+}
+
+// cutBack truncates the active segment to its flushed size and syncs it,
+// removing whatever a failed batch left after it (and the preallocated
+// space, which Recover restores).
+func (l *Log) cutBack() error {
+	s := l.cur
+	if err := s.f.Truncate(s.size.Load()); err != nil {
+		return fmt.Errorf("wal: cannot cut %q back to %d bytes: %w", s.path, s.size.Load(), err)
+	}
+	if err := syncData(s.f); err != nil {
+		return fmt.Errorf("wal: cannot sync %q after cutting it back: %w", s.path, err)
+	}
+	l.dirty = false
 	return nil
 }
 
 // ErrFailed is returned by Flush while the log is refusing writes after a
 // failure.
 var ErrFailed = errors.New("wal: log is read-only after a write failure")
-
-// Sync makes everything flushed so far durable (memory mode, shutdown).
-func (l *Log) Sync() error { return l.write(l.active(), true) }
 
 // Recover tries to leave the failed state: the active segment is cut back to
 // its last good size and synced, and a probe write is synced. It returns nil
@@ -432,11 +482,11 @@ func (l *Log) Recover() error {
 	if !l.failed {
 		return nil
 	}
-	s := l.active()
+	s := l.cur
 	if err := fault("write", s.path); err != nil {
 		return err
 	}
-	if err := truncateSync(s.f, s.size.Load()); err != nil {
+	if err := l.cutBack(); err != nil {
 		return err
 	}
 	probe := filepath.Join(l.dir, ".probe")
@@ -453,8 +503,8 @@ func (l *Log) Recover() error {
 	if err != nil {
 		return err
 	}
+	preallocate(s.f, l.segBytes)
 	l.failed = false
-	l.dirty = false
 	return nil
 }
 
@@ -516,7 +566,12 @@ func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
 var ErrNotFound = errors.New("wal: no record at this position")
 
 // End returns the position just past the last flushed record.
-func (l *Log) End() uint64 { return l.active().end() }
+func (l *Log) End() uint64 {
+	l.mu.RLock()
+	s := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	return s.end()
+}
 
 // ReadFrom decodes flushed records starting at pos (a record boundary, as
 // returned in a cursor) and calls fn for each, until fn returns false or the

@@ -167,12 +167,15 @@ func (s *Store) Append(shard int, id uint64, body []byte) {
 }
 
 // Flush ends shard's batch: one write and, in sync mode, one fdatasync.
-// Only then are the records indexed. It implements shard.Sink.
+// Only then are the records indexed. A batch fails as a whole: if one of
+// its Appends failed, none of it is written. It implements shard.Sink.
 func (s *Store) Flush(shard int) error {
 	err := s.batchErr[shard]
 	s.batchErr[shard] = nil
-	if ferr := s.logs[shard].Flush(); err == nil {
-		err = ferr
+	if err != nil {
+		s.logs[shard].Discard()
+	} else {
+		err = s.logs[shard].Flush()
 	}
 	p := s.pending[shard]
 	if err == nil {
