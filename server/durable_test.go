@@ -291,3 +291,40 @@ func TestExportUnderIngest(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownAfterDiskFault: a shard whose log failed (and has not
+// recovered) does not make Shutdown fail in fsync mode: every usage answered
+// 201 is durable, and the one answered 503 is not stored.
+func TestShutdownAfterDiskFault(t *testing.T) {
+	for _, op := range []string{"write", "sync"} {
+		t.Run(op, func(t *testing.T) {
+			dir := t.TempDir()
+			s := newDurable(t, dir, Config{Shards: 1})
+			okID, status := postID(t, s, usageBody(1))
+			if status != 201 {
+				t.Fatal(status)
+			}
+			wal.SetFaultHook(func(o, path string) error {
+				if o == op {
+					return syscall.EIO
+				}
+				return nil
+			})
+			defer wal.SetFaultHook(nil)
+			if _, status := postID(t, s, usageBody(2)); status != 503 {
+				t.Fatalf("POST on a failing disk: %d, want 503", status)
+			}
+			if err := s.Shutdown(context.Background()); err != nil {
+				t.Fatalf("Shutdown after a disk fault: %v", err)
+			}
+			wal.SetFaultHook(nil)
+			s = newDurable(t, dir, Config{Shards: 1})
+			defer s.Shutdown(context.Background())
+			checkRead(t, s, okID, usageBody(1))
+			var ids []uint64
+			if _, err := s.wal.Export(nil, 100, func(id uint64, body []byte) { ids = append(ids, id) }); err != nil || len(ids) != 1 || ids[0] != okID {
+				t.Fatalf("log holds %v (%v), want only %d", ids, err, okID)
+			}
+		})
+	}
+}

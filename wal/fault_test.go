@@ -26,7 +26,8 @@ func failIn(dir, op string) (stop func()) {
 // TestFailedBatchAcrossRoll: a batch that does not fit in the active segment
 // goes wholly into a new one. When its write or fdatasync fails, none of its
 // records is readable, exported or recovered, not even after a crash right
-// after the failure.
+// after the failure, and Close still succeeds in sync mode (everything
+// acknowledged is durable).
 func TestFailedBatchAcrossRoll(t *testing.T) {
 	for _, op := range []string{"write", "sync"} {
 		t.Run(op, func(t *testing.T) {
@@ -80,7 +81,9 @@ func TestFailedBatchAcrossRoll(t *testing.T) {
 			if len(crashed) != 10 {
 				t.Fatalf("a crash right after the failure recovers ids %v, want 1-10", crashed)
 			}
-			s.Close()
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close of a failed log whose acknowledged batches are durable: %v", err)
+			}
 			stop()
 			s, _, err = Open(Options{Dir: dir, Shards: 1, SegmentBytes: 4096, Sync: true})
 			if err != nil {
@@ -178,5 +181,24 @@ func TestBatchFailsAsAWhole(t *testing.T) {
 	}
 	if _, err := s.Get(nil, 4); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCloseFailedMemoryMode: in memory mode a failed batch had been
+// acknowledged, so Close of a failed log reports the loss.
+func TestCloseFailedMemoryMode(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := OpenLog(dir, testSegBytes, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	SetFaultHook(func(op, path string) error { return syscall.EIO })
+	defer SetFaultHook(nil)
+	l.Append(1, testBody(1))
+	if err := l.Flush(); err == nil {
+		t.Fatal("Flush succeeded on a failing disk")
+	}
+	if err := l.Close(); !errors.Is(err, ErrLost) {
+		t.Fatalf("Close: %v, want ErrLost", err)
 	}
 }

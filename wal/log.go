@@ -678,9 +678,26 @@ func (l *Log) RemoveBefore(cutoff time.Time, keep uint64) (int, error) {
 	return 0, nil
 }
 
-// Close syncs and closes the log.
+// ErrLost is returned by Close of a memory-mode log that failed: batches it
+// could not write had been acknowledged.
+var ErrLost = errors.New("wal: acknowledged records were lost to a write failure")
+
+// Close makes everything flushed durable and closes the log. A log in the
+// failed state is cut back to its flushed end instead. In sync mode nothing
+// acknowledged is lost then (a batch is acknowledged only once synced), so
+// Close returns only an error of that cut (the failed batch, answered as
+// failed, might then be recovered at the next start); in memory mode it
+// returns ErrLost.
 func (l *Log) Close() error {
-	err := l.Sync()
+	var err error
+	if l.failed {
+		err = l.cutBack()
+		if !l.sync {
+			err = errors.Join(ErrLost, err)
+		}
+	} else {
+		err = l.Sync()
+	}
 	l.mu.Lock()
 	for _, s := range l.segs {
 		if cerr := s.f.Close(); err == nil {

@@ -315,14 +315,25 @@ func (s *Store) UpdateStats(st *Stats) {
 }
 
 // Close syncs and closes every log, the lease and the lock. The drainers
-// must have stopped.
+// must have stopped. A shard log still failed after a disk error is logged,
+// not returned, in sync mode: everything acknowledged in it is durable.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
 	var err error
-	for _, l := range s.logs {
-		if cerr := l.Close(); err == nil {
+	for i, l := range s.logs {
+		failed := l.Failed()
+		cerr := l.Close()
+		if failed && s.opts.Sync {
+			s.log.Warn("shard log closed after a write failure: everything acknowledged is durable; the failed batch was reported failed and cut off",
+				"shard", i)
+			if cerr != nil {
+				s.log.Error("cannot cut the failed batch off; the next start may recover part of it", "shard", i, "err", cerr)
+			}
+			continue
+		}
+		if cerr != nil && err == nil {
 			err = cerr
 		}
 	}
