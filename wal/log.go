@@ -43,6 +43,7 @@ type Log struct {
 	// The writer's state, owned by the one goroutine that appends.
 	cur    *segment // the active segment, segs' last
 	buf    []byte   // the batch being built
+	synced uint64   // everything below is fdatasynced: the sync mark of new records
 	dirty  bool     // written since the last fdatasync (memory mode)
 	failed bool     // a write or fsync failed: nothing is accepted until Recover
 }
@@ -63,11 +64,14 @@ type RecoveryStats struct {
 var ErrCorruptLog = errors.New("wal: corruption in the middle of the log")
 
 // OpenLog opens (creating if needed) the log in dir and recovers it: every
-// segment is scanned, a torn tail of the last segment is truncated to the
-// valid prefix, and visit is called with each valid record's id and
-// position, in log order. Damage before the end of the log is refused with
-// ErrCorruptLog unless repair is set; then the segment is renamed aside with
-// a ".corrupt" suffix and its valid prefix is kept.
+// segment is scanned, and visit is called with each valid record's id and
+// position, in log order. Damage in the last batch of the last segment (a
+// torn tail: that batch's fdatasync never completed, so none of it was
+// acknowledged) is truncated, keeping exactly the valid prefix before it.
+// Damage anywhere else, in data that had been synced, is refused with
+// ErrCorruptLog unless repair is set; then the segment is renamed aside
+// with a ".corrupt" suffix and its valid prefix is kept. What recovery
+// keeps is fdatasynced before OpenLog returns.
 func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id, pos uint64)) (*Log, RecoveryStats, error) {
 	var st RecoveryStats
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -80,82 +84,13 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 	}
 	var buf []byte
 	for i, name := range names {
-		last := i == len(names)-1
-		base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
-		path := filepath.Join(dir, name)
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		var s *segment
+		s, buf, err = l.recoverSegment(name, i == len(names)-1, repair, visit, &st, buf)
 		if err != nil {
-			return nil, st, fmt.Errorf("cannot open segment %q: %w", path, err)
-		}
-		buf, err = readAll(f, buf[:0])
-		if err != nil {
-			f.Close()
-			return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
-		}
-		valid, n := scan(buf, base, visit, &st)
-		// readAll stops at the last non-zero byte, but a record may end in
-		// zero bytes (an id's high bytes, a binary body): read on to the
-		// length its header declares, as far as the file goes.
-		for fileSize := fileSizeOf(f); ; {
-			need := valid + headerSize
-			if len(buf) >= need {
-				if l := binary.LittleEndian.Uint32(buf[valid:]); l <= MaxBody {
-					need += int(l)
-				}
-			}
-			if need <= len(buf) || int64(need) > fileSize {
-				break
-			}
-			old := len(buf)
-			buf = append(buf, make([]byte, need-old)...)
-			if _, err := f.ReadAt(buf[old:], int64(old)); err != nil {
-				f.Close()
-				return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
-			}
-			v, m := scan(buf[valid:], base+uint64(valid), visit, &st)
-			if v == 0 {
-				break
-			}
-			valid, n = valid+v, n+m
-		}
-		if valid < len(buf) && allZero(buf[valid:]) {
-			buf = buf[:valid] // only free, preallocated space follows
-		}
-		if valid < len(buf) {
-			next := nextValid(buf, valid+1)
-			if next < 0 && last {
-				// A torn tail: the last batch never finished, so it was never
-				// acknowledged. Keep exactly the valid prefix.
-				torn := len(buf) - valid
-				if err := truncateSync(f, int64(valid)); err != nil {
-					f.Close()
-					return nil, st, err
-				}
-				if last {
-					preallocate(f, segBytes)
-				}
-				st.TruncatedBytes += int64(torn)
-			} else {
-				if !repair {
-					f.Close()
-					return nil, st, fmt.Errorf("%w: segment %q is damaged at byte %d of %d and valid records follow; "+
-						"restore it from a backup, or restart with --repair to move it aside and keep its %d valid records",
-						ErrCorruptLog, path, valid, len(buf), n)
-				}
-				f, err = repairSegment(f, path, buf, valid, &st)
-				if err != nil {
-					return nil, st, err
-				}
-			}
-		}
-		s := &segment{base: base, path: path, f: f}
-		s.size.Store(int64(valid))
-		if fi, err := f.Stat(); err == nil {
-			s.mod.Store(fi.ModTime().UnixNano())
+			l.closeFiles()
+			return nil, st, err
 		}
 		l.segs = append(l.segs, s)
-		st.Segments++
-		st.Bytes += int64(valid)
 	}
 	if len(l.segs) == 0 {
 		if err := l.newSegment(0); err != nil {
@@ -163,16 +98,129 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 		}
 	}
 	l.cur = l.segs[len(l.segs)-1]
+	// A batch written before a crash but never synced may have been read
+	// back from the page cache: make it durable before any record claims
+	// (by its sync mark) that it is.
+	if err := fdatasync(l.cur.f); err != nil {
+		l.closeFiles()
+		return nil, st, fmt.Errorf("cannot sync %q: %w", l.cur.path, err)
+	}
+	l.synced = l.cur.end()
 	return l, st, nil
 }
 
+// recoverSegment opens and scans the segment file name, calling visit for
+// each record of its valid prefix, and deals with damage after that prefix
+// as OpenLog describes. It returns the segment, sized to its valid prefix,
+// and buf, reused for the file's data.
+func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos uint64), st *RecoveryStats, buf []byte) (*segment, []byte, error) {
+	base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
+	path := filepath.Join(l.dir, name)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, buf, fmt.Errorf("cannot open segment %q: %w", path, err)
+	}
+	buf, valid, n, err := readValid(f, base, buf[:0], visit, st)
+	if err != nil {
+		f.Close()
+		return nil, buf, fmt.Errorf("cannot read segment %q: %w", path, err)
+	}
+	if valid < len(buf) {
+		switch {
+		case last && tornBatch(buf, base, valid):
+			if err := truncateSync(f, int64(valid)); err != nil {
+				f.Close()
+				return nil, buf, err
+			}
+			preallocate(f, l.segBytes)
+			st.TruncatedBytes += int64(len(buf) - valid)
+		case repair:
+			if f, err = repairSegment(f, path, buf, valid, st); err != nil {
+				return nil, buf, err
+			}
+		default:
+			f.Close()
+			return nil, buf, fmt.Errorf("%w: segment %q is damaged at byte %d of %d, in data that had been synced "+
+				"(more of the log was written after it); restore it from a backup, or restart with --repair "+
+				"to move it aside and keep its %d valid records",
+				ErrCorruptLog, path, valid, len(buf), n)
+		}
+	}
+	s := &segment{base: base, path: path, f: f}
+	s.size.Store(int64(valid))
+	if fi, err := f.Stat(); err == nil {
+		s.mod.Store(fi.ModTime().UnixNano())
+	}
+	st.Segments++
+	st.Bytes += int64(valid)
+	return s, buf, nil
+}
+
+// readValid reads a segment's data into buf and scans its valid prefix. It
+// returns the data (without the preallocated zeros after it), the length of
+// the valid prefix and the number of records in it.
+func readValid(f *os.File, base uint64, buf []byte, visit func(id, pos uint64), st *RecoveryStats) ([]byte, int, int, error) {
+	buf, err := readAll(f, buf)
+	if err != nil {
+		return buf, 0, 0, err
+	}
+	valid, n := scan(buf, base, visit, st)
+	// readAll stops at the last non-zero byte, but a record may end in
+	// zero bytes (a sync mark's high bytes, a binary body): read on to the
+	// length its header declares, as far as the file goes.
+	for fileSize := fileSizeOf(f); ; {
+		need := valid + headerSize
+		if len(buf) >= need {
+			if l := binary.LittleEndian.Uint32(buf[valid:]); l <= MaxBody {
+				need += int(l)
+			}
+		}
+		if need <= len(buf) || int64(need) > fileSize {
+			break
+		}
+		old := len(buf)
+		buf = append(buf, make([]byte, need-old)...)
+		if _, err := f.ReadAt(buf[old:], int64(old)); err != nil {
+			return buf, 0, 0, err
+		}
+		v, m := scan(buf[valid:], base+uint64(valid), visit, st)
+		if v == 0 {
+			break
+		}
+		valid, n = valid+v, n+m
+	}
+	if valid < len(buf) && allZero(buf[valid:]) {
+		buf = buf[:valid] // only free, preallocated space follows
+	}
+	return buf, valid, n, nil
+}
+
+// tornBatch reports whether the damage at buf[valid], in the segment at
+// base, lies in the last batch written: no valid record after it has a sync
+// mark above it. Such a record would prove that the damaged spot had been
+// fdatasynced before the record was written; without one, the damage is
+// what a crash during the last batch's write or fdatasync leaves (a hole of
+// zeros or garbage in any of its pages, later pages possibly written).
+func tornBatch(buf []byte, base uint64, valid int) bool {
+	damage := base + uint64(valid)
+	for off := nextValid(buf, valid+1); off >= 0; {
+		_, _, size, _ := DecodeRecord(buf[off:])
+		if m := markOf(buf[off:]); m > damage && m <= base+uint64(off) {
+			return false
+		}
+		off = nextValid(buf, off+size)
+	}
+	return true
+}
+
 // scan visits the valid prefix of a segment and returns its length and the
-// number of records in it.
+// number of records in it. A record whose sync mark lies above its own
+// position cannot have been written by Flush and ends the prefix.
 func scan(buf []byte, base uint64, visit func(id, pos uint64), st *RecoveryStats) (int, int) {
 	off, n := 0, 0
 	for off < len(buf) {
 		id, _, size, err := DecodeRecord(buf[off:])
-		if err != nil {
+		if err != nil || markOf(buf[off:]) > base+uint64(off) {
 			break
 		}
 		if visit != nil {
@@ -359,7 +407,7 @@ func (l *Log) Append(id uint64, body []byte) (uint64, error) {
 		return 0, ErrTooLarge
 	}
 	pos := l.cur.end() + uint64(len(l.buf))
-	l.buf = AppendRecord(l.buf, id, body)
+	l.buf = AppendRecord(l.buf, id, l.synced, body)
 	return pos, nil
 }
 
@@ -422,6 +470,9 @@ func (l *Log) writeBatch(syncNow bool) error {
 	}
 	s.size.Store(off + int64(len(l.buf)))
 	s.mod.Store(time.Now().UnixNano())
+	if syncNow {
+		l.synced = s.end()
+	}
 	return nil
 }
 
@@ -442,6 +493,7 @@ func (l *Log) syncActive() error {
 		return fmt.Errorf("wal: fdatasync %q: %w", l.cur.path, err)
 	}
 	l.dirty = false
+	l.synced = l.cur.end()
 	return nil
 }
 
@@ -458,7 +510,9 @@ func (l *Log) abort(err error) error {
 
 // cutBack truncates the active segment to its flushed size and syncs it,
 // removing whatever a failed batch left after it (and the preallocated
-// space, which Recover restores).
+// space, which Recover restores). It leaves the sync mark alone: after a
+// failed fdatasync, a later one does not prove that earlier writes reached
+// the disk.
 func (l *Log) cutBack() error {
 	s := l.cur
 	if err := s.f.Truncate(s.size.Load()); err != nil {
@@ -681,6 +735,13 @@ func (l *Log) RemoveBefore(cutoff time.Time, keep uint64) (int, error) {
 // ErrLost is returned by Close of a memory-mode log that failed: batches it
 // could not write had been acknowledged.
 var ErrLost = errors.New("wal: acknowledged records were lost to a write failure")
+
+// closeFiles closes every segment file, for a log that is not returned.
+func (l *Log) closeFiles() {
+	for _, s := range l.segs {
+		s.f.Close()
+	}
+}
 
 // Close makes everything flushed durable and closes the log. A log in the
 // failed state is cut back to its flushed end instead. In sync mode nothing
