@@ -72,6 +72,14 @@ var ErrCorruptLog = errors.New("wal: corruption in the middle of the log")
 // ErrCorruptLog unless repair is set; then the segment is renamed aside
 // with a ".corrupt" suffix and its valid prefix is kept. What recovery
 // keeps is fdatasynced before OpenLog returns.
+//
+// The log then goes on in a new segment, based above everything the last
+// one ever held, so that new records never take the position of a record
+// that was lost, cut off or dropped, which an export cursor may hold: a torn
+// tail or a repair cuts records off, and in memory mode records are read
+// and exported before they are synced, so a power cut may lose them with
+// nothing left to show (the preallocated zeros look like free space). The
+// old segment is trimmed to its data, and removed if it holds none.
 func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id, pos uint64)) (*Log, RecoveryStats, error) {
 	var st RecoveryStats
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -83,19 +91,23 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 		return nil, st, err
 	}
 	var buf []byte
+	var next uint64 // the position above everything the last segment held
 	for i, name := range names {
 		var s *segment
-		s, buf, err = l.recoverSegment(name, i == len(names)-1, repair, visit, &st, buf)
+		s, next, buf, err = l.recoverSegment(name, i == len(names)-1, repair, visit, &st, buf)
 		if err != nil {
 			l.closeFiles()
 			return nil, st, err
 		}
 		l.segs = append(l.segs, s)
 	}
-	if len(l.segs) == 0 {
-		if err := l.newSegment(0); err != nil {
-			return nil, st, err
-		}
+	if err := l.retireLast(); err != nil {
+		l.closeFiles()
+		return nil, st, err
+	}
+	if err := l.newSegment(next); err != nil {
+		l.closeFiles()
+		return nil, st, err
 	}
 	l.cur = l.segs[len(l.segs)-1]
 	// A batch written before a crash but never synced may have been read
@@ -109,38 +121,64 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 	return l, st, nil
 }
 
+// retireLast trims the preallocated space off the last recovered segment,
+// which stops being the active one, or removes it if it holds nothing.
+func (l *Log) retireLast() error {
+	if len(l.segs) == 0 {
+		return nil
+	}
+	s := l.segs[len(l.segs)-1]
+	size := s.size.Load()
+	if size > 0 {
+		if fileSizeOf(s.f) > size {
+			return truncateSync(s.f, size)
+		}
+		return nil
+	}
+	s.f.Close()
+	l.segs = l.segs[:len(l.segs)-1]
+	if err := os.Remove(s.path); err != nil {
+		return fmt.Errorf("cannot remove empty segment: %w", err)
+	}
+	return nil // newSegment syncs the directory
+}
+
 // recoverSegment opens and scans the segment file name, calling visit for
 // each record of its valid prefix, and deals with damage after that prefix
-// as OpenLog describes. It returns the segment, sized to its valid prefix,
-// and buf, reused for the file's data.
-func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos uint64), st *RecoveryStats, buf []byte) (*segment, []byte, error) {
+// as OpenLog describes. It returns the segment, sized to its valid prefix;
+// the position above everything it ever held (its file's size, preallocated
+// or written, and at least segBytes: a segment outgrows that only with a
+// single batch); and buf, reused for the file's data.
+func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos uint64), st *RecoveryStats, buf []byte) (*segment, uint64, []byte, error) {
 	base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
 	path := filepath.Join(l.dir, name)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, buf, fmt.Errorf("cannot open segment %q: %w", path, err)
+		return nil, 0, buf, fmt.Errorf("cannot open segment %q: %w", path, err)
 	}
 	buf, valid, n, err := readValid(f, base, buf[:0], visit, st)
 	if err != nil {
 		f.Close()
-		return nil, buf, fmt.Errorf("cannot read segment %q: %w", path, err)
+		return nil, 0, buf, fmt.Errorf("cannot read segment %q: %w", path, err)
 	}
+	held := base + uint64(max(fileSizeOf(f), int64(len(buf)), l.segBytes))
 	if valid < len(buf) {
 		switch {
 		case last && tornBatch(buf, base, valid):
+			// No longer the active segment: cut exactly, without
+			// preallocating it again.
 			if err := truncateSync(f, int64(valid)); err != nil {
 				f.Close()
-				return nil, buf, err
+				return nil, 0, buf, err
 			}
-			preallocate(f, l.segBytes)
 			st.TruncatedBytes += int64(len(buf) - valid)
 		case repair:
 			if f, err = repairSegment(f, path, buf, valid, st); err != nil {
-				return nil, buf, err
+				return nil, 0, buf, err
 			}
 		default:
 			f.Close()
-			return nil, buf, fmt.Errorf("%w: segment %q is damaged at byte %d of %d, in data that had been synced "+
+			return nil, 0, buf, fmt.Errorf("%w: segment %q is damaged at byte %d of %d, in data that had been synced "+
 				"(more of the log was written after it); restore it from a backup, or restart with --repair "+
 				"to move it aside and keep its %d valid records",
 				ErrCorruptLog, path, valid, len(buf), n)
@@ -153,7 +191,7 @@ func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos 
 	}
 	st.Segments++
 	st.Bytes += int64(valid)
-	return s, buf, nil
+	return s, held, buf, nil
 }
 
 // readValid reads a segment's data into buf and scans its valid prefix. It
@@ -630,7 +668,9 @@ func (l *Log) End() uint64 {
 // ReadFrom decodes flushed records starting at pos (a record boundary, as
 // returned in a cursor) and calls fn for each, until fn returns false or the
 // log's end. It returns the position after the last record passed to fn.
-// Positions inside segments removed by retention skip to the oldest kept one.
+// Positions where no segment holds data (in segments removed by retention,
+// or in a range cut off by recovery or --repair) skip to the next record
+// there is.
 func (l *Log) ReadFrom(pos uint64, buf []byte, fn func(id uint64, body []byte) bool) (uint64, []byte, error) {
 	for {
 		l.mu.RLock()
