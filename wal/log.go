@@ -636,7 +636,11 @@ func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
 	if _, err := s.f.ReadAt(dst[start:], off); err != nil {
 		return dst[:start], 0, err
 	}
-	n := int64(RecordSize(int(binary.LittleEndian.Uint32(dst[start:]))))
+	bodyLen := binary.LittleEndian.Uint32(dst[start:])
+	if bodyLen > MaxBody {
+		return dst[:start], 0, ErrCorrupt
+	}
+	n := int64(RecordSize(int(bodyLen)))
 	if n > want {
 		if off+n > size {
 			return dst[:start], 0, ErrCorrupt
@@ -656,6 +660,30 @@ func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
 
 // ErrNotFound is returned by Read for a position outside the log.
 var ErrNotFound = errors.New("wal: no record at this position")
+
+// ErrPastEnd is returned for a cursor position past the end of the log.
+var ErrPastEnd = errors.New("wal: position past the end of the log")
+
+// resume returns the position an export from pos, a cursor position, goes on
+// from: pos itself if a segment's flushed data holds it or ends at it; the
+// next segment's base if no segment holds it (below the oldest segment,
+// removed by retention, or in a range that recovery or --repair cut off).
+// inside reports that pos lies strictly inside a segment's data, where the
+// caller must check that a record starts there. A position past the end of
+// the log returns ErrPastEnd.
+func (l *Log) resume(pos uint64) (next uint64, inside bool, err error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, s := range l.segs {
+		if pos < s.base {
+			return s.base, false, nil
+		}
+		if end := s.end(); pos <= end {
+			return pos, pos > s.base && pos < end, nil
+		}
+	}
+	return 0, false, fmt.Errorf("%w: %d", ErrPastEnd, pos)
+}
 
 // End returns the position just past the last flushed record.
 func (l *Log) End() uint64 {

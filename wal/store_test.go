@@ -1,10 +1,12 @@
 package wal
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 // openStore opens a one-shard store in dir with small segments.
@@ -155,6 +157,108 @@ func TestReopenStartsNewSegment(t *testing.T) {
 		}
 		if names[1] <= segmentName(testSegBytes-1) {
 			t.Fatalf("round %d: new segment %s is not above the old one's %d bytes", round, names[1], testSegBytes)
+		}
+	}
+}
+
+// TestExportCursorChecks: a cursor position past its shard log's end, inside
+// a record, or for a shard log that does not exist is refused with
+// ErrBadCursor, before anything is exported; positions at record
+// boundaries, at the end, and where no segment holds data are accepted.
+func TestExportCursorChecks(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := Open(Options{Dir: dir, Shards: 2, SegmentBytes: testSegBytes, Sync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendIDs(t, s, 1, 20, 5)
+	// A body holding a well-formed frame of id 1: at its inner frame a
+	// record decodes, but it is not where the index has id 1.
+	inner := append([]byte(`{"x":"`), AppendRecord(nil, 1, 0, []byte(`{}`))...)
+	s.Append(0, 21, inner)
+	if err := s.Flush(0); err != nil {
+		t.Fatal(err)
+	}
+	s.Append(1, 100, testBody(100))
+	if err := s.Flush(1); err != nil {
+		t.Fatal(err)
+	}
+	// A restart: shard 0 goes on in a new segment above the old one.
+	oldEnd := s.logs[0].End()
+	s.Close()
+	if s, _, err = Open(Options{Dir: dir, Shards: 2, SegmentBytes: testSegBytes, Sync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendIDs(t, s, 22, 25, 2)
+	end0, end1 := s.logs[0].End(), s.logs[1].End()
+	p5 := recordPos(t, s, 5)
+	tests := []struct {
+		name   string
+		cursor []uint64
+		first  uint64 // the first id exported from shard 0; 0: none
+		bad    bool
+	}{
+		{"start", nil, 1, false},
+		{"short cursor", []uint64{p5}, 5, false},
+		{"at a record", []uint64{p5, 0}, 5, false},
+		{"at the end", []uint64{end0, end1}, 0, false},
+		{"after a segment's end, before the next", []uint64{oldEnd + 10, 0}, 22, false},
+		{"one past the end", []uint64{end0 + 1, 0}, 0, true},
+		{"far past the end", []uint64{0, 1 << 40}, 0, true},
+		{"inside a record's body", []uint64{p5 + headerSize + 3, 0}, 0, true},
+		{"inside a record's header", []uint64{p5 + 8, 0}, 0, true},
+		{"at a frame inside a body", []uint64{recordPos(t, s, 21) + headerSize + 6, 0}, 0, true},
+		{"a shard log that does not exist", []uint64{0, 0, 0}, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var first uint64
+			_, err := s.Export(tt.cursor, 1000, func(id uint64, body []byte) {
+				if first == 0 && id < 100 {
+					first = id
+				}
+			})
+			if tt.bad {
+				if !errors.Is(err, ErrBadCursor) {
+					t.Fatalf("Export(%v) = %v, want ErrBadCursor", tt.cursor, err)
+				}
+				if first != 0 {
+					t.Fatalf("Export(%v) exported id %d before refusing", tt.cursor, first)
+				}
+				return
+			}
+			if err != nil || first != tt.first {
+				t.Fatalf("Export(%v): first id %d, %v; want %d", tt.cursor, first, err, tt.first)
+			}
+		})
+	}
+	// Below the oldest segment, removed by retention: from the oldest kept.
+	if n, err := s.logs[0].RemoveBefore(time.Now().Add(time.Hour), ^uint64(0)); n != 1 || err != nil {
+		t.Fatalf("RemoveBefore: %d, %v", n, err)
+	}
+	if got, _ := export(t, s, []uint64{p5}, 1); !slices.Equal(got, []uint64{22}) {
+		t.Fatalf("a cursor below the oldest segment exports %v, want 22", got)
+	}
+}
+
+// TestAckExportClamps: acknowledging a cursor never moves the export mark
+// past what exists to be read, so retention cannot delete what comes later.
+func TestAckExportClamps(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := Open(Options{Dir: dir, Shards: 2, SegmentBytes: testSegBytes, Sync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendIDs(t, s, 1, 10, 5)
+	end0, end1 := s.logs[0].End(), s.logs[1].End()
+	if err := s.AckExport([]uint64{end0 + 1<<30, 1 << 50, 7}); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []uint64{end0, end1} {
+		if m, ok := s.export.mark(i); !ok || m != want {
+			t.Fatalf("mark of shard %d = %d, %v; want the log end %d", i, m, ok, want)
 		}
 	}
 }
