@@ -109,20 +109,15 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 		l.closeFiles()
 		return nil, st, err
 	}
-	l.cur = l.segs[len(l.segs)-1]
-	// A batch written before a crash but never synced may have been read
-	// back from the page cache: make it durable before any record claims
-	// (by its sync mark) that it is.
-	if err := fdatasync(l.cur.f); err != nil {
-		l.closeFiles()
-		return nil, st, fmt.Errorf("cannot sync %q: %w", l.cur.path, err)
-	}
-	l.synced = l.cur.end()
+	l.synced = l.cur.end() // retireLast synced everything below
 	return l, st, nil
 }
 
-// retireLast trims the preallocated space off the last recovered segment,
-// which stops being the active one, or removes it if it holds nothing.
+// retireLast ends the last recovered segment's time as the active one: it
+// is trimmed to its data and fdatasynced (a batch written before a crash
+// but never synced may have been read back from the page cache; it must be
+// durable before new records claim, by their sync marks, that it is), or
+// removed if it holds no data.
 func (l *Log) retireLast() error {
 	if len(l.segs) == 0 {
 		return nil
@@ -131,7 +126,12 @@ func (l *Log) retireLast() error {
 	size := s.size.Load()
 	if size > 0 {
 		if fileSizeOf(s.f) > size {
-			return truncateSync(s.f, size)
+			if err := s.f.Truncate(size); err != nil {
+				return fmt.Errorf("cannot trim %q: %w", s.path, err)
+			}
+		}
+		if err := fdatasync(s.f); err != nil {
+			return fmt.Errorf("cannot sync %q: %w", s.path, err)
 		}
 		return nil
 	}
