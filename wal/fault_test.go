@@ -10,12 +10,12 @@ import (
 	"testing"
 )
 
-// failIn makes the op ("write" or "sync") of every segment but the first
-// fail, until the returned function is called.
-func failIn(dir, op string) (stop func()) {
+// failIn makes the op ("write" or "sync") fail, in every segment of dir
+// but the first if notFirst is set, until the returned function is called.
+func failIn(dir, op string, notFirst bool) (stop func()) {
 	first := filepath.Join(dir, segmentName(0))
 	SetFaultHook(func(o, path string) error {
-		if o == op && path != first {
+		if o == op && (path != first || !notFirst) {
 			return syscall.EIO
 		}
 		return nil
@@ -23,14 +23,52 @@ func failIn(dir, op string) (stop func()) {
 	return func() { SetFaultHook(nil) }
 }
 
-// TestFailedBatchAcrossRoll: a batch that does not fit in the active segment
-// goes wholly into a new one. When its write or fdatasync fails, none of its
+// copyFiles copies the regular files of dir src to dir dst, as a crash
+// would leave them.
+func copyFiles(t *testing.T, src, dst string) {
+	t.Helper()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFailedBatch: when the write or fdatasync of a batch fails, none of its
 // records is readable, exported or recovered, not even after a crash right
 // after the failure, and Close still succeeds in sync mode (everything
-// acknowledged is durable).
-func TestFailedBatchAcrossRoll(t *testing.T) {
-	for _, op := range []string{"write", "sync"} {
-		t.Run(op, func(t *testing.T) {
+// acknowledged is durable). A batch that does not fit in the active segment
+// goes wholly into a new one; there the write or fdatasync fails, while the
+// first segment's would succeed.
+func TestFailedBatch(t *testing.T) {
+	tests := []struct {
+		op    string
+		n     uint64 // records in the failed batch, after 10 in a first one
+		cross bool   // the batch does not fit in the first segment
+	}{
+		{"write", 10, false},
+		{"sync", 10, false},
+		{"write", 50, true}, // 50 records of about 120 bytes: more than the 4 KiB segment has left
+		{"sync", 50, true},
+	}
+	for _, tt := range tests {
+		name := tt.op
+		if tt.cross {
+			name += " across a roll"
+		}
+		t.Run(name, func(t *testing.T) {
+			op, last := tt.op, 10+tt.n
 			dir := t.TempDir()
 			s, _, err := Open(Options{Dir: dir, Shards: 1, SegmentBytes: 4096, Sync: true})
 			if err != nil {
@@ -43,12 +81,13 @@ func TestFailedBatchAcrossRoll(t *testing.T) {
 			if err := s.Flush(0); err != nil {
 				t.Fatal(err)
 			}
-			// 50 records of about 120 bytes: more than the 4 KiB segment
-			// has left, so the batch needs the next segment.
-			stop := failIn(shardLog, op)
+			stop := failIn(shardLog, op, tt.cross)
 			defer stop()
-			for id := uint64(11); id <= 60; id++ {
+			var failedPos []uint64 // where the failed batch's records would be
+			for id, pos := uint64(11), s.logs[0].End(); id <= last; id++ {
 				s.Append(0, id, testBody(id))
+				failedPos = append(failedPos, pos)
+				pos += uint64(RecordSize(len(testBody(id))))
 			}
 			if err := s.Flush(0); err == nil {
 				t.Fatal("Flush succeeded on a failing disk")
@@ -63,17 +102,24 @@ func TestFailedBatchAcrossRoll(t *testing.T) {
 				if !slices.Equal(got, want) {
 					t.Fatalf("%s: exported %v, want %v", when, got, want)
 				}
-				for id := uint64(11); id <= 60; id++ {
+				for id := uint64(11); id <= last; id++ {
 					if _, err := s.Get(nil, id); !errors.Is(err, ErrNotStored) {
 						t.Fatalf("%s: Get(%d) of the failed batch: %v, want ErrNotStored", when, id, err)
+					}
+				}
+				for _, pos := range failedPos {
+					if _, id, err := s.logs[0].Read(nil, pos); !errors.Is(err, ErrNotFound) {
+						t.Fatalf("%s: Read(%d) finds id %d of the failed batch (%v)", when, pos, id, err)
 					}
 				}
 			}
 			check("after the failure", s)
 			// The failed batch is cut off at once: a crash now (the log is
-			// still open) recovers none of it.
+			// still open; recover a copy of its files) recovers none of it.
+			crash := t.TempDir()
+			copyFiles(t, shardLog, crash)
 			var crashed []uint64
-			l, _, err := OpenLog(shardLog, 4096, true, false, func(id, pos uint64) { crashed = append(crashed, id) })
+			l, _, err := OpenLog(crash, 4096, true, false, func(id, pos uint64) { crashed = append(crashed, id) })
 			if err != nil {
 				t.Fatalf("recovery right after the failure: %v", err)
 			}
