@@ -95,8 +95,9 @@ func DecodeRecord(b []byte) (id uint64, body []byte, size int, err error) {
 }
 
 // nextValid returns the offset of the first record in b, at or after from,
-// that decodes, or -1. Recovery uses it to tell a torn tail (nothing valid
-// after the bad spot) from corruption in the middle (valid records follow).
+// that decodes, or -1. Recovery uses it to find the records after a bad
+// spot, whose sync marks tell a torn last batch from corruption in synced
+// data, and to count what --repair drops.
 // Random bytes rarely look like a length below MaxBody, so the scan seldom
 // computes a CRC.
 //
