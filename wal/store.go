@@ -105,6 +105,10 @@ func Open(opts Options) (*Store, Recovery, error) {
 			return fail(err)
 		}
 		s.logs = append(s.logs, l)
+		if l.End()+uint64(opts.SegmentBytes) >= maxPos {
+			// Every start goes on above the last segment's size.
+			return fail(fmt.Errorf("shard log %d has used up its %d bytes of positions: export and move the data directory aside", i, uint64(maxPos)))
+		}
 		rec.Segments += st.Segments
 		rec.Records += st.Records
 		rec.Bytes += st.Bytes

@@ -262,3 +262,20 @@ func TestAckExportClamps(t *testing.T) {
 		}
 	}
 }
+
+// TestPositionsExhausted: a shard log whose positions come near what the
+// index holds is refused at start, not silently mis-indexed.
+func TestPositionsExhausted(t *testing.T) {
+	dir := t.TempDir()
+	sd := shardDir(dir, 0)
+	if err := os.MkdirAll(sd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sd, segmentName(maxPos-testSegBytes)), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if s, _, err := Open(Options{Dir: dir, Shards: 1, SegmentBytes: testSegBytes}); err == nil {
+		s.Close()
+		t.Fatal("Open accepted a log past the positions the index holds")
+	}
+}
