@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -289,5 +290,102 @@ func TestExportUnderIngest(t *testing.T) {
 		if c != 1 {
 			t.Fatalf("usage %d exported %d times", id, c)
 		}
+	}
+}
+
+// TestShutdownAfterDiskFault: a shard whose log failed (and has not
+// recovered) does not make Shutdown fail in fsync mode: every usage answered
+// 201 is durable, and the one answered 503 is not stored.
+func TestShutdownAfterDiskFault(t *testing.T) {
+	for _, op := range []string{"write", "sync"} {
+		t.Run(op, func(t *testing.T) {
+			dir := t.TempDir()
+			s := newDurable(t, dir, Config{Shards: 1})
+			okID, status := postID(t, s, usageBody(1))
+			if status != 201 {
+				t.Fatal(status)
+			}
+			wal.SetFaultHook(func(o, path string) error {
+				if o == op {
+					return syscall.EIO
+				}
+				return nil
+			})
+			defer wal.SetFaultHook(nil)
+			if _, status := postID(t, s, usageBody(2)); status != 503 {
+				t.Fatalf("POST on a failing disk: %d, want 503", status)
+			}
+			if err := s.Shutdown(context.Background()); err != nil {
+				t.Fatalf("Shutdown after a disk fault: %v", err)
+			}
+			wal.SetFaultHook(nil)
+			s = newDurable(t, dir, Config{Shards: 1})
+			defer s.Shutdown(context.Background())
+			checkRead(t, s, okID, usageBody(1))
+			var ids []uint64
+			if _, err := s.wal.Export(nil, 100, func(id uint64, body []byte) { ids = append(ids, id) }); err != nil || len(ids) != 1 || ids[0] != okID {
+				t.Fatalf("log holds %v (%v), want only %d", ids, err, okID)
+			}
+		})
+	}
+}
+
+// TestExportBadCursor: a cursor that no export returned is answered 400 and
+// acknowledges nothing, so retention cannot delete unexported usages on its
+// account.
+func TestExportBadCursor(t *testing.T) {
+	dir := t.TempDir()
+	s := newDurable(t, dir, Config{Shards: 2})
+	defer s.Shutdown(context.Background())
+	for i := 0; i < 20; i++ {
+		if _, status := postID(t, s, usageBody(i)); status != 201 {
+			t.Fatal(status)
+		}
+	}
+	get := func(cursor string) (int, string) {
+		resp := call(s, "GET", "/api/usages/export?limit=5&cursor="+cursor, "", nil)
+		return resp.StatusCode(), string(resp.Header.Peek("X-Next-Cursor"))
+	}
+	status, first := get("")
+	if status != 200 {
+		t.Fatal(status)
+	}
+	status, second := get(first) // acknowledges first
+	if status != 200 {
+		t.Fatal(status)
+	}
+	mark, err := os.ReadFile(filepath.Join(dir, "export.cursor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos, _ := wal.ParseCursor(second)
+	used := slices.IndexFunc(pos, func(p uint64) bool { return p > 0 }) // a shard that has read records
+	moved := func(delta int64) string {
+		c := slices.Clone(pos)
+		c[used] = uint64(int64(c[used]) + delta)
+		return wal.FormatCursor(c)
+	}
+	tests := []struct {
+		name, cursor string
+	}{
+		{"past the end", moved(1 << 20)},
+		{"far past the end", "0.99999999999"},
+		{"inside a record", moved(-1)},
+		{"more positions than shard logs", second + ".0"},
+		{"not a number", "abc"},
+		{"empty position", "1..2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if status, _ := get(tt.cursor); status != 400 {
+				t.Fatalf("export with cursor %q: %d, want 400", tt.cursor, status)
+			}
+			if now, _ := os.ReadFile(filepath.Join(dir, "export.cursor")); string(now) != string(mark) {
+				t.Fatalf("cursor %q moved the export mark from %q to %q", tt.cursor, mark, now)
+			}
+		})
+	}
+	if status, _ := get(second); status != 200 {
+		t.Fatalf("the valid cursor after bad ones: %d", status)
 	}
 }

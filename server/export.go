@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"strconv"
 
 	"github.com/valyala/fasthttp"
@@ -34,6 +35,11 @@ var (
 // Coming back with a cursor acknowledges everything before it: retention
 // then may delete it. Only flushed usages are exported (in fsync mode, only
 // durable ones).
+//
+// A cursor that no export returned (unparsable, with more positions than
+// shard logs, or with a position past a shard log's end or inside a record)
+// is answered 400 and acknowledges nothing. A position that recovery cut off
+// or retention removed resumes at the next usage stored.
 func (s *Server) export(ctx *fasthttp.RequestCtx) {
 	if s.wal == nil {
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNoLog)
@@ -66,9 +72,13 @@ func (s *Server) export(ctx *fasthttp.RequestCtx) {
 		count++
 	})
 	if err != nil {
-		s.log.Error("export failed", "err", err)
 		ctx.Response.ResetBody()
-		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errCursor)
+		if errors.Is(err, wal.ErrBadCursor) {
+			s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errCursor)
+			return
+		}
+		s.log.Error("export failed", "err", err)
+		s.fail(ctx, fasthttp.StatusInternalServerError, ReasonNotFound, errExportRead)
 		return
 	}
 	if cursor != nil {

@@ -264,7 +264,7 @@ func (r *Ring) Wait(pos uint64) {
 func (r *Ring) IsFlushed(pos uint64) bool { return r.flushed.Load() >= pos }
 
 // failHistory is how many failed batches a waiter can look back on; a waiter
-// that slept through more failures than that counts its record as failed.
+// that slept through that many failures or more counts its record as failed.
 const failHistory = 64
 
 // ErrFlushFailed is returned by Outcome for a record whose batch could not be
@@ -289,10 +289,16 @@ func (r *Ring) Fail(start, end uint64) {
 // Outcome waits until the record ending at pos is done and reports whether
 // it was flushed (nil) or its batch failed (ErrFlushFailed). seq is FailSeq
 // as read before the record's Put.
+//
+// Failure k is written to slot k%failHistory before it is counted, so once
+// failHistory failures have been counted since seq, the slot of failure seq
+// may already be in the middle of being overwritten by the next one: the
+// history is then no longer trusted, before or after reading it, and the
+// record counts as failed.
 func (r *Ring) Outcome(pos, seq uint64) error {
 	r.Wait(pos)
 	n := r.fails.Load()
-	if n-seq > failHistory {
+	if n-seq >= failHistory {
 		return ErrFlushFailed
 	}
 	for k := seq; k < n; k++ {
@@ -301,8 +307,8 @@ func (r *Ring) Outcome(pos, seq uint64) error {
 			return ErrFlushFailed
 		}
 	}
-	if r.fails.Load()-seq > failHistory {
-		return ErrFlushFailed // the log was overwritten while we read it
+	if r.fails.Load()-seq >= failHistory {
+		return ErrFlushFailed // a slot we read may have been overwritten meanwhile
 	}
 	return nil
 }

@@ -927,3 +927,59 @@ func TestRingNoSpuriousFull(t *testing.T) {
 		t.Errorf("Put returned ErrFull %d times although the ring was never more than a quarter full", n)
 	}
 }
+
+// TestRingOutcome: a waiter learns whether its record's batch failed from the
+// failure history, and counts its record as failed whenever that history
+// may have been overwritten since it read FailSeq.
+func TestRingOutcome(t *testing.T) {
+	const pos = 100 // the waiter's record ends here; its batch is (64, 100]
+	tests := []struct {
+		name string
+		// setup records failures after the waiter read FailSeq 0 and
+		// flushes the ring past pos.
+		setup func(r *Ring)
+		want  error
+	}{
+		{"batch flushed, no failures", func(r *Ring) { r.Flushed(pos) }, nil},
+		{"own batch failed", func(r *Ring) { r.Fail(64, pos) }, ErrFlushFailed},
+		{"a later batch failed", func(r *Ring) { r.Flushed(pos); r.Fail(pos, 200) }, nil},
+		{"an earlier batch failed", func(r *Ring) { r.Fail(0, 64); r.Flushed(pos) }, nil},
+		{"own batch failed, history full", func(r *Ring) {
+			r.Fail(64, pos)
+			for k := uint64(1); k < failHistory; k++ {
+				r.Fail(pos+k-1, pos+k)
+			}
+		}, ErrFlushFailed},
+		{"own batch failed, history overwritten", func(r *Ring) {
+			r.Fail(64, pos)
+			for k := uint64(1); k <= failHistory; k++ {
+				r.Fail(pos+k-1, pos+k)
+			}
+		}, ErrFlushFailed},
+		{
+			// The consumer is in the middle of recording failure number
+			// failHistory: it has overwritten the slot of failure 0 (the
+			// waiter's) but not yet counted it. The waiter must not
+			// mistake the overwritten slot for "not failed".
+			"own batch failed, its slot being overwritten", func(r *Ring) {
+				r.Fail(64, pos)
+				for k := uint64(1); k < failHistory; k++ {
+					r.Fail(pos+k-1, pos+k)
+				}
+				e := &r.failLog[failHistory%failHistory]
+				e.start.Store(pos + failHistory - 1)
+				e.end.Store(pos + failHistory)
+			}, ErrFlushFailed,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewRing(4096)
+			seq := r.FailSeq()
+			tt.setup(r)
+			if got := r.Outcome(pos, seq); !errors.Is(got, tt.want) || (tt.want == nil && got != nil) {
+				t.Fatalf("Outcome = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -25,6 +25,9 @@ func NewIndex() *Index {
 
 const posBits = 48 // positions up to 256 TiB per shard; the shard in the high bits
 
+// maxPos bounds the positions the index can hold.
+const maxPos = 1<<posBits - 1
+
 // Set records that id is at pos in shard's log.
 func (x *Index) Set(id uint64, shard int, pos uint64) {
 	k := (id - 1) / chunkIDs

@@ -40,10 +40,12 @@ type Log struct {
 	mu   sync.RWMutex // guards segs; held shortly, never during I/O by the writer
 	segs []*segment   // by base
 
-	buf   []byte // the batch being built
-	dirty bool   // written since the last fdatasync (memory mode)
-
-	failed bool // a write or fsync failed: nothing is accepted until Recover
+	// The writer's state, owned by the one goroutine that appends.
+	cur    *segment // the active segment, segs' last
+	buf    []byte   // the batch being built
+	synced uint64   // everything below is fdatasynced: the sync mark of new records
+	dirty  bool     // written since the last fdatasync (memory mode)
+	failed bool     // a write or fsync failed: nothing is accepted until Recover
 }
 
 // RecoveryStats tell what opening a log found.
@@ -62,11 +64,22 @@ type RecoveryStats struct {
 var ErrCorruptLog = errors.New("wal: corruption in the middle of the log")
 
 // OpenLog opens (creating if needed) the log in dir and recovers it: every
-// segment is scanned, a torn tail of the last segment is truncated to the
-// valid prefix, and visit is called with each valid record's id and
-// position, in log order. Damage before the end of the log is refused with
-// ErrCorruptLog unless repair is set; then the segment is renamed aside with
-// a ".corrupt" suffix and its valid prefix is kept.
+// segment is scanned, and visit is called with each valid record's id and
+// position, in log order. Damage in the last batch of the last segment (a
+// torn tail: that batch's fdatasync never completed, so none of it was
+// acknowledged) is truncated, keeping exactly the valid prefix before it.
+// Damage anywhere else, in data that had been synced, is refused with
+// ErrCorruptLog unless repair is set; then the segment is renamed aside
+// with a ".corrupt" suffix and its valid prefix is kept. What recovery
+// keeps is fdatasynced before OpenLog returns.
+//
+// The log then goes on in a new segment, based above everything the last
+// one ever held, so that new records never take the position of a record
+// that was lost, cut off or dropped, which an export cursor may hold: a torn
+// tail or a repair cuts records off, and in memory mode records are read
+// and exported before they are synced, so a power cut may lose them with
+// nothing left to show (the preallocated zeros look like free space). The
+// old segment is trimmed to its data, and removed if it holds none.
 func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id, pos uint64)) (*Log, RecoveryStats, error) {
 	var st RecoveryStats
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -78,99 +91,174 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 		return nil, st, err
 	}
 	var buf []byte
+	var next uint64 // the position above everything the last segment held
 	for i, name := range names {
-		last := i == len(names)-1
-		base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
-		path := filepath.Join(dir, name)
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		var s *segment
+		s, next, buf, err = l.recoverSegment(name, i == len(names)-1, repair, visit, &st, buf)
 		if err != nil {
-			return nil, st, fmt.Errorf("cannot open segment %q: %w", path, err)
-		}
-		buf, err = readAll(f, buf[:0])
-		if err != nil {
-			f.Close()
-			return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
-		}
-		valid, n := scan(buf, base, visit, &st)
-		// readAll stops at the last non-zero byte, but a record may end in
-		// zero bytes (an id's high bytes, a binary body): read on to the
-		// length its header declares, as far as the file goes.
-		for fileSize := fileSizeOf(f); ; {
-			need := valid + headerSize
-			if len(buf) >= need {
-				if l := binary.LittleEndian.Uint32(buf[valid:]); l <= MaxBody {
-					need += int(l)
-				}
-			}
-			if need <= len(buf) || int64(need) > fileSize {
-				break
-			}
-			old := len(buf)
-			buf = append(buf, make([]byte, need-old)...)
-			if _, err := f.ReadAt(buf[old:], int64(old)); err != nil {
-				f.Close()
-				return nil, st, fmt.Errorf("cannot read segment %q: %w", path, err)
-			}
-			v, m := scan(buf[valid:], base+uint64(valid), visit, &st)
-			if v == 0 {
-				break
-			}
-			valid, n = valid+v, n+m
-		}
-		if valid < len(buf) && allZero(buf[valid:]) {
-			buf = buf[:valid] // only free, preallocated space follows
-		}
-		if valid < len(buf) {
-			next := nextValid(buf, valid+1)
-			if next < 0 && last {
-				// A torn tail: the last batch never finished, so it was never
-				// acknowledged. Keep exactly the valid prefix.
-				torn := len(buf) - valid
-				if err := truncateSync(f, int64(valid)); err != nil {
-					f.Close()
-					return nil, st, err
-				}
-				if last {
-					preallocate(f, segBytes)
-				}
-				st.TruncatedBytes += int64(torn)
-			} else {
-				if !repair {
-					f.Close()
-					return nil, st, fmt.Errorf("%w: segment %q is damaged at byte %d of %d and valid records follow; "+
-						"restore it from a backup, or restart with --repair to move it aside and keep its %d valid records",
-						ErrCorruptLog, path, valid, len(buf), n)
-				}
-				f, err = repairSegment(f, path, buf, valid, &st)
-				if err != nil {
-					return nil, st, err
-				}
-			}
-		}
-		s := &segment{base: base, path: path, f: f}
-		s.size.Store(int64(valid))
-		if fi, err := f.Stat(); err == nil {
-			s.mod.Store(fi.ModTime().UnixNano())
-		}
-		l.segs = append(l.segs, s)
-		st.Segments++
-		st.Bytes += int64(valid)
-	}
-	if len(l.segs) == 0 {
-		if err := l.newSegment(0); err != nil {
+			l.closeFiles()
 			return nil, st, err
 		}
+		l.segs = append(l.segs, s)
 	}
+	if err := l.retireLast(); err != nil {
+		l.closeFiles()
+		return nil, st, err
+	}
+	if err := l.newSegment(next); err != nil {
+		l.closeFiles()
+		return nil, st, err
+	}
+	l.synced = l.cur.end() // retireLast synced everything below
 	return l, st, nil
 }
 
+// retireLast ends the last recovered segment's time as the active one: it
+// is trimmed to its data and fdatasynced (a batch written before a crash
+// but never synced may have been read back from the page cache; it must be
+// durable before new records claim, by their sync marks, that it is), or
+// removed if it holds no data.
+func (l *Log) retireLast() error {
+	if len(l.segs) == 0 {
+		return nil
+	}
+	s := l.segs[len(l.segs)-1]
+	size := s.size.Load()
+	if size > 0 {
+		if fileSizeOf(s.f) > size {
+			if err := s.f.Truncate(size); err != nil {
+				return fmt.Errorf("cannot trim %q: %w", s.path, err)
+			}
+		}
+		if err := fdatasync(s.f); err != nil {
+			return fmt.Errorf("cannot sync %q: %w", s.path, err)
+		}
+		return nil
+	}
+	s.f.Close()
+	l.segs = l.segs[:len(l.segs)-1]
+	if err := os.Remove(s.path); err != nil {
+		return fmt.Errorf("cannot remove empty segment: %w", err)
+	}
+	return nil // newSegment syncs the directory
+}
+
+// recoverSegment opens and scans the segment file name, calling visit for
+// each record of its valid prefix, and deals with damage after that prefix
+// as OpenLog describes. It returns the segment, sized to its valid prefix;
+// the position above everything it ever held (its file's size, preallocated
+// or written, and at least segBytes: a segment outgrows that only with a
+// single batch); and buf, reused for the file's data.
+func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos uint64), st *RecoveryStats, buf []byte) (*segment, uint64, []byte, error) {
+	base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
+	path := filepath.Join(l.dir, name)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, 0, buf, fmt.Errorf("cannot open segment %q: %w", path, err)
+	}
+	buf, valid, n, err := readValid(f, base, buf[:0], visit, st)
+	if err != nil {
+		f.Close()
+		return nil, 0, buf, fmt.Errorf("cannot read segment %q: %w", path, err)
+	}
+	held := base + uint64(max(fileSizeOf(f), int64(len(buf)), l.segBytes))
+	if valid < len(buf) {
+		switch {
+		case last && tornBatch(buf, base, valid):
+			// No longer the active segment: cut exactly, without
+			// preallocating it again.
+			if err := truncateSync(f, int64(valid)); err != nil {
+				f.Close()
+				return nil, 0, buf, err
+			}
+			st.TruncatedBytes += int64(len(buf) - valid)
+		case repair:
+			if f, err = repairSegment(f, path, buf, valid, st); err != nil {
+				return nil, 0, buf, err
+			}
+		default:
+			f.Close()
+			return nil, 0, buf, fmt.Errorf("%w: segment %q is damaged at byte %d of %d, in data that had been synced "+
+				"(more of the log was written after it); restore it from a backup, or restart with --repair "+
+				"to move it aside and keep its %d valid records",
+				ErrCorruptLog, path, valid, len(buf), n)
+		}
+	}
+	s := &segment{base: base, path: path, f: f}
+	s.size.Store(int64(valid))
+	if fi, err := f.Stat(); err == nil {
+		s.mod.Store(fi.ModTime().UnixNano())
+	}
+	st.Segments++
+	st.Bytes += int64(valid)
+	return s, held, buf, nil
+}
+
+// readValid reads a segment's data into buf and scans its valid prefix. It
+// returns the data (without the preallocated zeros after it), the length of
+// the valid prefix and the number of records in it.
+func readValid(f *os.File, base uint64, buf []byte, visit func(id, pos uint64), st *RecoveryStats) ([]byte, int, int, error) {
+	buf, err := readAll(f, buf)
+	if err != nil {
+		return buf, 0, 0, err
+	}
+	valid, n := scan(buf, base, visit, st)
+	// readAll stops at the last non-zero byte, but a record may end in
+	// zero bytes (a sync mark's high bytes, a binary body): read on to the
+	// length its header declares, as far as the file goes.
+	for fileSize := fileSizeOf(f); ; {
+		need := valid + headerSize
+		if len(buf) >= need {
+			if l := binary.LittleEndian.Uint32(buf[valid:]); l <= MaxBody {
+				need += int(l)
+			}
+		}
+		if need <= len(buf) || int64(need) > fileSize {
+			break
+		}
+		old := len(buf)
+		buf = append(buf, make([]byte, need-old)...)
+		if _, err := f.ReadAt(buf[old:], int64(old)); err != nil {
+			return buf, 0, 0, err
+		}
+		v, m := scan(buf[valid:], base+uint64(valid), visit, st)
+		if v == 0 {
+			break
+		}
+		valid, n = valid+v, n+m
+	}
+	if valid < len(buf) && allZero(buf[valid:]) {
+		buf = buf[:valid] // only free, preallocated space follows
+	}
+	return buf, valid, n, nil
+}
+
+// tornBatch reports whether the damage at buf[valid], in the segment at
+// base, lies in the last batch written: no valid record after it has a sync
+// mark above it. Such a record would prove that the damaged spot had been
+// fdatasynced before the record was written; without one, the damage is
+// what a crash during the last batch's write or fdatasync leaves (a hole of
+// zeros or garbage in any of its pages, later pages possibly written).
+func tornBatch(buf []byte, base uint64, valid int) bool {
+	damage := base + uint64(valid)
+	for off := nextValid(buf, valid+1); off >= 0; {
+		_, _, size, _ := DecodeRecord(buf[off:])
+		if m := markOf(buf[off:]); m > damage && m <= base+uint64(off) {
+			return false
+		}
+		off = nextValid(buf, off+size)
+	}
+	return true
+}
+
 // scan visits the valid prefix of a segment and returns its length and the
-// number of records in it.
+// number of records in it. A record whose sync mark lies above its own
+// position cannot have been written by Flush and ends the prefix.
 func scan(buf []byte, base uint64, visit func(id, pos uint64), st *RecoveryStats) (int, int) {
 	off, n := 0, 0
 	for off < len(buf) {
 		id, _, size, err := DecodeRecord(buf[off:])
-		if err != nil {
+		if err != nil || markOf(buf[off:]) > base+uint64(off) {
 			break
 		}
 		if visit != nil {
@@ -342,88 +430,142 @@ func (l *Log) newSegment(base uint64) error {
 	l.mu.Lock()
 	l.segs = append(l.segs, s)
 	l.mu.Unlock()
+	l.cur = s
 	return nil
 }
 
-func (l *Log) active() *segment {
-	l.mu.RLock()
-	s := l.segs[len(l.segs)-1]
-	l.mu.RUnlock()
-	return s
-}
+// ErrTooLarge is returned by Append for a body over MaxBody.
+var ErrTooLarge = errors.New("wal: record body over MaxBody")
 
-// Append adds a record to the current batch and returns its position. When
-// the batch would overflow the segment, the batch so far is written and
-// synced and a new segment is started first.
+// Append adds a record to the batch being built and returns its position.
+// It does no I/O: Flush writes the batch, wholly into one segment, at the
+// positions Append returned.
 func (l *Log) Append(id uint64, body []byte) (uint64, error) {
-	s := l.active()
-	size := int64(RecordSize(len(body)))
-	if cur := s.size.Load() + int64(len(l.buf)); cur > 0 && cur+size > l.segBytes {
-		if err := l.write(s, true); err != nil {
-			return 0, err
-		}
-		if err := l.newSegment(s.end()); err != nil {
-			return 0, err
-		}
-		s = l.active()
+	if len(body) > MaxBody {
+		return 0, ErrTooLarge
 	}
-	pos := s.end() + uint64(len(l.buf))
-	l.buf = AppendRecord(l.buf, id, body)
+	pos := l.cur.end() + uint64(len(l.buf))
+	l.buf = AppendRecord(l.buf, id, l.synced, body)
 	return pos, nil
 }
 
 // Pending reports whether a batch is waiting for Flush.
 func (l *Log) Pending() bool { return len(l.buf) > 0 }
 
-// Flush writes the batch with one write and, in sync mode, one fdatasync.
-// On error nothing of the batch counts as written: a partial write is cut
-// off again, and the log refuses further batches until Recover succeeds
-// (after a failed fsync the page cache can no longer be trusted, so the
-// fsync is never simply retried).
-func (l *Log) Flush() error {
-	return l.write(l.active(), l.sync)
-}
+// Discard drops the batch being built; none of it is written.
+func (l *Log) Discard() { l.buf = l.buf[:0] }
 
-func (l *Log) write(s *segment, syncNow bool) error {
+// Flush writes the batch with one write and, in sync mode, one fdatasync,
+// and only then makes it readable. On error nothing of the batch counts as
+// written: what it left on disk is cut off at once (so a crash right after
+// recovers none of it either), and the log refuses further batches until
+// Recover succeeds (after a failed fsync the page cache can no longer be
+// trusted, so the fsync is never simply retried).
+func (l *Log) Flush() error { return l.flush(l.sync) }
+
+// Sync writes the batch, if any, and makes everything flushed so far
+// durable (memory mode, shutdown).
+func (l *Log) Sync() error { return l.flush(true) }
+
+func (l *Log) flush(syncNow bool) error {
 	if l.failed {
 		l.buf = l.buf[:0]
 		return ErrFailed
 	}
-	if len(l.buf) > 0 {
-		off := s.size.Load()
-		if err := writeAt(s.f, l.buf, off); err != nil {
-			l.buf = l.buf[:0]
+	if len(l.buf) == 0 {
+		if syncNow && l.dirty {
+			return l.syncActive()
+		}
+		return nil
+	}
+	err := l.writeBatch(syncNow)
+	l.buf = l.buf[:0]
+	return err
+}
+
+// writeBatch writes the batch at the end of the active segment. A batch that
+// does not fit in what is left of a non-empty segment goes wholly into a new
+// one, which starts at the old one's end, so the positions Append returned
+// hold; a segment outgrows segBytes only with a batch that alone does.
+func (l *Log) writeBatch(syncNow bool) error {
+	if size := l.cur.size.Load(); size > 0 && size+int64(len(l.buf)) > l.segBytes {
+		if err := l.roll(); err != nil {
 			l.failed = true
-			return fmt.Errorf("wal: write %q: %w", s.path, err)
+			return err
 		}
-		l.dirty = true
-		if syncNow {
-			if err := syncData(s.f); err != nil {
-				l.buf = l.buf[:0]
-				l.failed = true
-				return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
-			}
-			l.dirty = false
-		}
-		s.size.Store(off + int64(len(l.buf)))
-		s.mod.Store(time.Now().UnixNano())
-		l.buf = l.buf[:0]
-	} else if syncNow && l.dirty {
+	}
+	s := l.cur
+	off := s.size.Load()
+	if err := writeAt(s.f, l.buf, off); err != nil {
+		return l.abort(fmt.Errorf("wal: write %q: %w", s.path, err))
+	}
+	l.dirty = true
+	if syncNow {
 		if err := syncData(s.f); err != nil {
-			l.failed = true
-			return fmt.Errorf("wal: fdatasync %q: %w", s.path, err)
+			return l.abort(fmt.Errorf("wal: fdatasync %q: %w", s.path, err))
 		}
 		l.dirty = false
 	}
+	s.size.Store(off + int64(len(l.buf)))
+	s.mod.Store(time.Now().UnixNano())
+	if syncNow {
+		l.synced = s.end()
+	}
+	return nil
+}
+
+// roll makes the active segment durable and starts a new one at its end.
+func (l *Log) roll() error {
+	if l.dirty {
+		if err := l.syncActive(); err != nil {
+			return err
+		}
+	}
+	return l.newSegment(l.cur.end())
+}
+
+// syncActive fdatasyncs the active segment; a failure fails the log.
+func (l *Log) syncActive() error {
+	if err := syncData(l.cur.f); err != nil {
+		l.failed = true
+		return fmt.Errorf("wal: fdatasync %q: %w", l.cur.path, err)
+	}
+	l.dirty = false
+	l.synced = l.cur.end()
+	return nil
+}
+
+// abort fails the log after a failed write or fdatasync of a batch and cuts
+// off what the batch left in the active segment. It returns err, joined with
+// the error of the cut if that failed too (Recover tries again).
+func (l *Log) abort(err error) error {
+	l.failed = true
+	if cerr := l.cutBack(); cerr != nil {
+		return errors.Join(err, cerr)
+	}
+	return err
+}
+
+// cutBack truncates the active segment to its flushed size and syncs it,
+// removing whatever a failed batch left after it (and the preallocated
+// space, which Recover restores). It leaves the sync mark alone: after a
+// failed fdatasync, a later one does not prove that earlier writes reached
+// the disk.
+func (l *Log) cutBack() error {
+	s := l.cur
+	if err := s.f.Truncate(s.size.Load()); err != nil {
+		return fmt.Errorf("wal: cannot cut %q back to %d bytes: %w", s.path, s.size.Load(), err)
+	}
+	if err := syncData(s.f); err != nil {
+		return fmt.Errorf("wal: cannot sync %q after cutting it back: %w", s.path, err)
+	}
+	l.dirty = false
 	return nil
 }
 
 // ErrFailed is returned by Flush while the log is refusing writes after a
 // failure.
 var ErrFailed = errors.New("wal: log is read-only after a write failure")
-
-// Sync makes everything flushed so far durable (memory mode, shutdown).
-func (l *Log) Sync() error { return l.write(l.active(), true) }
 
 // Recover tries to leave the failed state: the active segment is cut back to
 // its last good size and synced, and a probe write is synced. It returns nil
@@ -432,11 +574,11 @@ func (l *Log) Recover() error {
 	if !l.failed {
 		return nil
 	}
-	s := l.active()
+	s := l.cur
 	if err := fault("write", s.path); err != nil {
 		return err
 	}
-	if err := truncateSync(s.f, s.size.Load()); err != nil {
+	if err := l.cutBack(); err != nil {
 		return err
 	}
 	probe := filepath.Join(l.dir, ".probe")
@@ -453,8 +595,8 @@ func (l *Log) Recover() error {
 	if err != nil {
 		return err
 	}
+	preallocate(s.f, l.segBytes)
 	l.failed = false
-	l.dirty = false
 	return nil
 }
 
@@ -494,7 +636,11 @@ func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
 	if _, err := s.f.ReadAt(dst[start:], off); err != nil {
 		return dst[:start], 0, err
 	}
-	n := int64(RecordSize(int(binary.LittleEndian.Uint32(dst[start:]))))
+	bodyLen := binary.LittleEndian.Uint32(dst[start:])
+	if bodyLen > MaxBody {
+		return dst[:start], 0, ErrCorrupt
+	}
+	n := int64(RecordSize(int(bodyLen)))
 	if n > want {
 		if off+n > size {
 			return dst[:start], 0, ErrCorrupt
@@ -515,13 +661,44 @@ func (l *Log) Read(dst []byte, pos uint64) ([]byte, uint64, error) {
 // ErrNotFound is returned by Read for a position outside the log.
 var ErrNotFound = errors.New("wal: no record at this position")
 
+// ErrPastEnd is returned for a cursor position past the end of the log.
+var ErrPastEnd = errors.New("wal: position past the end of the log")
+
+// resume returns the position an export from pos, a cursor position, goes on
+// from: pos itself if a segment's flushed data holds it or ends at it; the
+// next segment's base if no segment holds it (below the oldest segment,
+// removed by retention, or in a range that recovery or --repair cut off).
+// inside reports that pos lies strictly inside a segment's data, where the
+// caller must check that a record starts there. A position past the end of
+// the log returns ErrPastEnd.
+func (l *Log) resume(pos uint64) (next uint64, inside bool, err error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, s := range l.segs {
+		if pos < s.base {
+			return s.base, false, nil
+		}
+		if end := s.end(); pos <= end {
+			return pos, pos > s.base && pos < end, nil
+		}
+	}
+	return 0, false, fmt.Errorf("%w: %d", ErrPastEnd, pos)
+}
+
 // End returns the position just past the last flushed record.
-func (l *Log) End() uint64 { return l.active().end() }
+func (l *Log) End() uint64 {
+	l.mu.RLock()
+	s := l.segs[len(l.segs)-1]
+	l.mu.RUnlock()
+	return s.end()
+}
 
 // ReadFrom decodes flushed records starting at pos (a record boundary, as
 // returned in a cursor) and calls fn for each, until fn returns false or the
 // log's end. It returns the position after the last record passed to fn.
-// Positions inside segments removed by retention skip to the oldest kept one.
+// Positions where no segment holds data (in segments removed by retention,
+// or in a range cut off by recovery or --repair) skip to the next record
+// there is.
 func (l *Log) ReadFrom(pos uint64, buf []byte, fn func(id uint64, body []byte) bool) (uint64, []byte, error) {
 	for {
 		l.mu.RLock()
@@ -623,9 +800,33 @@ func (l *Log) RemoveBefore(cutoff time.Time, keep uint64) (int, error) {
 	return 0, nil
 }
 
-// Close syncs and closes the log.
+// ErrLost is returned by Close of a memory-mode log that failed: batches it
+// could not write had been acknowledged.
+var ErrLost = errors.New("wal: acknowledged records were lost to a write failure")
+
+// closeFiles closes every segment file, for a log that is not returned.
+func (l *Log) closeFiles() {
+	for _, s := range l.segs {
+		s.f.Close()
+	}
+}
+
+// Close makes everything flushed durable and closes the log. A log in the
+// failed state is cut back to its flushed end instead. In sync mode nothing
+// acknowledged is lost then (a batch is acknowledged only once synced), so
+// Close returns only an error of that cut (the failed batch, answered as
+// failed, might then be recovered at the next start); in memory mode it
+// returns ErrLost.
 func (l *Log) Close() error {
-	err := l.Sync()
+	var err error
+	if l.failed {
+		err = l.cutBack()
+		if !l.sync {
+			err = errors.Join(ErrLost, err)
+		}
+	} else {
+		err = l.Sync()
+	}
 	l.mu.Lock()
 	for _, s := range l.segs {
 		if cerr := s.f.Close(); err == nil {

@@ -1,7 +1,7 @@
 // Package wal is busyapi's durable log: per-shard append-only segment files
 // of CRC-framed records, written in batches with one fdatasync each (group
 // commit), recovered on start by keeping exactly the valid prefix of a torn
-// tail, and read back by id through an in-memory index.
+// last batch, and read back by id through an in-memory index.
 package wal
 
 import (
@@ -13,15 +13,23 @@ import (
 // A record on disk:
 //
 //	[0:4]   body length n, uint32 little endian
-//	[4:8]   CRC-32C of bytes [0:4] and [8:16+n], uint32 little endian
-//	[8:16]  id, uint64 little endian
-//	[16:16+n] body
+//	[4:8]   CRC-32C of bytes [0:4] and [8:24+n], uint32 little endian
+//	[8:16]  id, uint64 little endian, never 0
+//	[16:24] sync mark, uint64 little endian
+//	[24:24+n] body
 //
 // The CRC covers the length, so a torn or flipped length is caught before it
 // sends the scanner astray. An all-zero header never checks: a zeroed sector
 // or a preallocated hole reads as bad, not as an empty record.
+//
+// The sync mark is the shard log position up to which the log had been
+// fdatasynced when the record was written: in fsync mode, the position of the
+// first record of its batch. It is never above the record's own position.
+// A valid record whose mark lies above a damaged spot proves that the spot
+// was synced (the record could only be written after that fdatasync), so
+// recovery tells damage in synced data from a torn last batch.
 const (
-	headerSize = 16
+	headerSize = 24
 	// MaxBody bounds a record's body, far above any --max-body in use, so
 	// a corrupt length is rejected before anything is read or allocated.
 	MaxBody = 16 << 20
@@ -35,12 +43,13 @@ var (
 	ErrCorrupt = errors.New("wal: crc mismatch")
 )
 
-// AppendRecord appends the framed record of id and body to dst.
-func AppendRecord(dst []byte, id uint64, body []byte) []byte {
+// AppendRecord appends the framed record of id, sync mark and body to dst.
+func AppendRecord(dst []byte, id, mark uint64, body []byte) []byte {
 	start := len(dst)
 	var h [headerSize]byte
 	binary.LittleEndian.PutUint32(h[0:4], uint32(len(body)))
 	binary.LittleEndian.PutUint64(h[8:16], id)
+	binary.LittleEndian.PutUint64(h[16:24], mark)
 	dst = append(dst, h[:]...)
 	dst = append(dst, body...)
 	binary.LittleEndian.PutUint32(dst[start+4:], recordCRC(dst[start:]))
@@ -54,6 +63,10 @@ func recordCRC(rec []byte) uint32 {
 
 // RecordSize is the size on disk of a record with an n-byte body.
 func RecordSize(n int) int { return headerSize + n }
+
+// markOf returns the sync mark of the record at the start of rec, which
+// DecodeRecord has accepted.
+func markOf(rec []byte) uint64 { return binary.LittleEndian.Uint64(rec[16:24]) }
 
 // DecodeRecord decodes the record at the start of b. It returns the id, the
 // body (a sub-slice of b) and the record's size. It returns ErrTorn when b
@@ -82,14 +95,16 @@ func DecodeRecord(b []byte) (id uint64, body []byte, size int, err error) {
 }
 
 // nextValid returns the offset of the first record in b, at or after from,
-// that decodes, or -1. Recovery uses it to tell a torn tail (nothing valid
-// after the bad spot) from corruption in the middle (valid records follow).
+// that decodes, or -1. Recovery uses it to find the records after a bad
+// spot, whose sync marks tell a torn last batch from corruption in synced
+// data, and to count what --repair drops.
 // Random bytes rarely look like a length below MaxBody, so the scan seldom
 // computes a CRC.
 //
 // Runs of zeros (a zeroed sector, the preallocated rest of a segment) are
-// skipped in one pass: 16 zero bytes never decode, so a record can start at
-// most 15 bytes before the end of a run.
+// skipped in one pass: a record's id is never 0, so at most its first 15
+// bytes are zeros and it starts at most 15 bytes (less than a header) before
+// the end of a run.
 func nextValid(b []byte, from int) int {
 	for off := from; off+headerSize <= len(b); off++ {
 		if b[off] == 0 {
@@ -98,7 +113,7 @@ func nextValid(b []byte, from int) int {
 				j++
 			}
 			if j-off >= headerSize {
-				off = j - headerSize // the loop's off++ makes it j-15
+				off = j - headerSize // the loop's off++ makes it j-headerSize+1
 				continue
 			}
 		}

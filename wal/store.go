@@ -105,6 +105,10 @@ func Open(opts Options) (*Store, Recovery, error) {
 			return fail(err)
 		}
 		s.logs = append(s.logs, l)
+		if l.End()+uint64(opts.SegmentBytes) >= maxPos {
+			// Every start goes on above the last segment's size.
+			return fail(fmt.Errorf("shard log %d has used up its %d bytes of positions: export and move the data directory aside", i, uint64(maxPos)))
+		}
 		rec.Segments += st.Segments
 		rec.Records += st.Records
 		rec.Bytes += st.Bytes
@@ -167,17 +171,25 @@ func (s *Store) Append(shard int, id uint64, body []byte) {
 }
 
 // Flush ends shard's batch: one write and, in sync mode, one fdatasync.
-// Only then are the records indexed. It implements shard.Sink.
+// A batch fails as a whole: if one of its Appends failed, none of it is
+// written. The records are indexed just before the log makes them readable
+// (until then Get finds nothing to read at their positions), so a cursor
+// at any readable record checks against the index; if the batch fails,
+// they are taken out again. It implements shard.Sink.
 func (s *Store) Flush(shard int) error {
 	err := s.batchErr[shard]
 	s.batchErr[shard] = nil
-	if ferr := s.logs[shard].Flush(); err == nil {
-		err = ferr
-	}
 	p := s.pending[shard]
-	if err == nil {
+	if err != nil {
+		s.logs[shard].Discard()
+	} else {
 		for i := 0; i < len(p); i += 2 {
 			s.index.Set(p[i], shard, p[i+1])
+		}
+		if err = s.logs[shard].Flush(); err != nil {
+			for i := 0; i < len(p); i += 2 {
+				s.index.Delete(p[i])
+			}
 		}
 	}
 	if s.onFlush != nil && len(p) > 0 {
@@ -207,6 +219,11 @@ func (s *Store) Get(dst []byte, id uint64) ([]byte, error) {
 		return dst, err
 	}
 	if got != id {
+		if sh2, pos2, ok := s.index.Get(id); !ok || sh2 != sh || pos2 != pos {
+			// id's batch failed while we read, and a later batch took its
+			// place after Recover.
+			return dst, ErrNotStored
+		}
 		return dst, fmt.Errorf("BUG: wal: index points id %d at a record of id %d", id, got)
 	}
 	return out, nil
@@ -215,14 +232,25 @@ func (s *Store) Get(dst []byte, id uint64) ([]byte, error) {
 // Index returns the id index.
 func (s *Store) Index() *Index { return s.index }
 
+// ErrBadCursor is wrapped by Export for a cursor that no export of this
+// store returned.
+var ErrBadCursor = errors.New("wal: invalid export cursor")
+
 // Export calls fn for up to limit flushed records after cursor, spread
 // fairly over the shards, and returns the cursor after them. A cursor is one
 // position per shard log; a nil or short cursor starts those shards at the
 // beginning. Records come out exactly once across successive calls that pass
 // on the returned cursor.
+//
+// A cursor with more positions than there are shard logs, or with a
+// position past its log's end or inside a record, is refused with
+// ErrBadCursor before fn is called. A position where no segment holds data
+// (removed by retention, or cut off by recovery) resumes at the next record.
 func (s *Store) Export(cursor []uint64, limit int, fn func(id uint64, body []byte)) ([]uint64, error) {
-	next := make([]uint64, len(s.logs))
-	copy(next, cursor)
+	next, err := s.resolveCursor(cursor)
+	if err != nil {
+		return nil, err
+	}
 	var buf []byte
 	left := limit
 	// Two passes: a fair share per shard, then whatever is left to anyone.
@@ -261,9 +289,54 @@ func (s *Store) Export(cursor []uint64, limit int, fn func(id uint64, body []byt
 	return next, nil
 }
 
+// resolveCursor checks cursor as Export describes and returns the position
+// each shard log's export goes on from.
+func (s *Store) resolveCursor(cursor []uint64) ([]uint64, error) {
+	if len(cursor) > len(s.logs) {
+		return nil, fmt.Errorf("%w: %d positions for %d shard logs", ErrBadCursor, len(cursor), len(s.logs))
+	}
+	next := make([]uint64, len(s.logs))
+	for i, pos := range cursor {
+		p, inside, err := s.logs[i].resume(pos)
+		if err != nil {
+			return nil, fmt.Errorf("%w: shard %d: %w", ErrBadCursor, i, err)
+		}
+		if inside {
+			if err := s.checkRecordAt(i, p); err != nil {
+				return nil, err
+			}
+		}
+		next[i] = p
+	}
+	return next, nil
+}
+
+// checkRecordAt returns nil if a record of shard log i starts at pos, which
+// lies inside its flushed data: the record there must decode, and the index
+// must place its id exactly there (a frame that a body happens to contain
+// decodes, but its id is indexed elsewhere).
+func (s *Store) checkRecordAt(i int, pos uint64) error {
+	_, id, err := s.logs[i].Read(nil, pos)
+	if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTorn) && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if sh, p, ok := s.index.Get(id); err != nil || !ok || sh != i || p != pos {
+		return fmt.Errorf("%w: shard %d: no record starts at position %d", ErrBadCursor, i, pos)
+	}
+	return nil
+}
+
 // AckExport records that a consumer has everything before cursor, so that
-// retention may delete it. It is durable.
-func (s *Store) AckExport(cursor []uint64) error { return s.export.ack(cursor) }
+// retention may delete it. It is durable. Positions past a shard log's end
+// are taken as its end, and positions of shard logs that do not exist are
+// ignored, so the mark never passes what could have been read.
+func (s *Store) AckExport(cursor []uint64) error {
+	c := make([]uint64, min(len(cursor), len(s.logs)))
+	for i := range c {
+		c[i] = min(cursor[i], s.logs[i].End())
+	}
+	return s.export.ack(c)
+}
 
 // ApplyRetention deletes whole segments older than age. Segments a
 // registered export consumer has not acknowledged, or that keep(shard)
@@ -312,14 +385,25 @@ func (s *Store) UpdateStats(st *Stats) {
 }
 
 // Close syncs and closes every log, the lease and the lock. The drainers
-// must have stopped.
+// must have stopped. A shard log still failed after a disk error is logged,
+// not returned, in sync mode: everything acknowledged in it is durable.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
 	var err error
-	for _, l := range s.logs {
-		if cerr := l.Close(); err == nil {
+	for i, l := range s.logs {
+		failed := l.Failed()
+		cerr := l.Close()
+		if failed && s.opts.Sync {
+			s.log.Warn("shard log closed after a write failure: everything acknowledged is durable; the failed batch was reported failed and cut off",
+				"shard", i)
+			if cerr != nil {
+				s.log.Error("cannot cut the failed batch off; the next start may recover part of it", "shard", i, "err", cerr)
+			}
+			continue
+		}
+		if cerr != nil && err == nil {
 			err = cerr
 		}
 	}
