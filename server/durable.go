@@ -38,11 +38,12 @@ func newDurableSink(l *wal.Store, c *store.Cache, m *meters, sync bool) *durable
 	return d
 }
 
+// Append logs a usage, or with id 0 an idempotency answer (a batch
+// trailer), which the log keeps as a meta record.
 func (d *durableSink) Append(shard int, id uint64, body []byte) {
-	if id == 0 {
-		return // TODO(idempotency): log trailers once the log frames them
+	if id != 0 {
+		d.records[shard]++
 	}
-	d.records[shard]++
 	d.log.Append(shard, id, body)
 }
 

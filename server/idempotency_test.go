@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -148,5 +149,44 @@ func TestIdempotencyWindow(t *testing.T) {
 	}
 	if v, _ := fastjson.ParseBytes(b.Body()); v.GetUint64("id") == 0 {
 		t.Fatalf("bad body %s", b.Body())
+	}
+}
+
+// Keys survive a restart: they are rebuilt from the trailers in the log,
+// and a retry after the restart replays the answer without storing again.
+// The trailers never show in the export.
+func TestIdempotencyAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	var answers []string
+	items := usages(5, 1)
+	for round := range 2 {
+		s := newDurable(t, dir, Config{})
+		ln := startTCP(t, s)
+		single := postKey(t, ln, "/api/usages", "one", "application/json", sample)
+		batch := postKey(t, ln, "/api/usages/batch", "many", "application/x-ndjson", string(ndjson(items)))
+		if single.StatusCode() != 201 || batch.StatusCode() != 201 {
+			t.Fatalf("round %d: %d %s, %d %s", round, single.StatusCode(), single.Body(), batch.StatusCode(), batch.Body())
+		}
+		got := []string{string(single.Body()), string(batch.Body())}
+		if round == 0 {
+			answers = got
+			if s.replays.Load() != 0 {
+				t.Fatal("replays before any retry")
+			}
+		} else {
+			if got[0] != answers[0] || got[1] != answers[1] {
+				t.Fatalf("after a restart: %v, want %v", got, answers)
+			}
+			if s.stored.Load() != 0 || s.replays.Load() != 2 {
+				t.Fatalf("after a restart: stored %d, replays %d; want 0, 2", s.stored.Load(), s.replays.Load())
+			}
+			r := httpDo(t, ln, "GET", "/api/usages/export?limit=100", nil, nil)
+			if n := string(r.Header.Peek("X-Export-Count")); n != "6" {
+				t.Fatalf("export count %s, want 6: %s", n, r.Body())
+			}
+		}
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

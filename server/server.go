@@ -259,6 +259,8 @@ func New(cfg Config) (*Server, error) {
 		w, rec, err := wal.Open(wal.Options{
 			Dir: cfg.DataDir, Shards: cfg.Shards, SegmentBytes: cfg.SegmentBytes,
 			Sync: s.fsync, Repair: cfg.Repair, Logger: s.log,
+			// Idempotency answers, logged as batch trailers.
+			OnMeta: func(body []byte) { s.idem.remember(body) },
 		})
 		if err != nil {
 			return nil, err

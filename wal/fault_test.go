@@ -119,7 +119,7 @@ func TestFailedBatch(t *testing.T) {
 			crash := t.TempDir()
 			copyFiles(t, shardLog, crash)
 			var crashed []uint64
-			l, _, err := OpenLog(crash, 4096, true, false, func(id, pos uint64) { crashed = append(crashed, id) })
+			l, _, err := OpenLog(crash, 4096, true, false, func(id, pos uint64, _ []byte) { crashed = append(crashed, id) })
 			if err != nil {
 				t.Fatalf("recovery right after the failure: %v", err)
 			}

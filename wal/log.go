@@ -80,7 +80,7 @@ var ErrCorruptLog = errors.New("wal: corruption in the middle of the log")
 // and exported before they are synced, so a power cut may lose them with
 // nothing left to show (the preallocated zeros look like free space). The
 // old segment is trimmed to its data, and removed if it holds none.
-func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id, pos uint64)) (*Log, RecoveryStats, error) {
+func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id, pos uint64, body []byte)) (*Log, RecoveryStats, error) {
 	var st RecoveryStats
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, st, fmt.Errorf("cannot create %q: %w", dir, err)
@@ -149,7 +149,7 @@ func (l *Log) retireLast() error {
 // the position above everything it ever held (its file's size, preallocated
 // or written, and at least segBytes: a segment outgrows that only with a
 // single batch); and buf, reused for the file's data.
-func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos uint64), st *RecoveryStats, buf []byte) (*segment, uint64, []byte, error) {
+func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos uint64, body []byte), st *RecoveryStats, buf []byte) (*segment, uint64, []byte, error) {
 	base, _ := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
 	path := filepath.Join(l.dir, name)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -197,7 +197,7 @@ func (l *Log) recoverSegment(name string, last, repair bool, visit func(id, pos 
 // readValid reads a segment's data into buf and scans its valid prefix. It
 // returns the data (without the preallocated zeros after it), the length of
 // the valid prefix and the number of records in it.
-func readValid(f *os.File, base uint64, buf []byte, visit func(id, pos uint64), st *RecoveryStats) ([]byte, int, int, error) {
+func readValid(f *os.File, base uint64, buf []byte, visit func(id, pos uint64, body []byte), st *RecoveryStats) ([]byte, int, int, error) {
 	buf, err := readAll(f, buf)
 	if err != nil {
 		return buf, 0, 0, err
@@ -254,15 +254,15 @@ func tornBatch(buf []byte, base uint64, valid int) bool {
 // scan visits the valid prefix of a segment and returns its length and the
 // number of records in it. A record whose sync mark lies above its own
 // position cannot have been written by Flush and ends the prefix.
-func scan(buf []byte, base uint64, visit func(id, pos uint64), st *RecoveryStats) (int, int) {
+func scan(buf []byte, base uint64, visit func(id, pos uint64, body []byte), st *RecoveryStats) (int, int) {
 	off, n := 0, 0
 	for off < len(buf) {
-		id, _, size, err := DecodeRecord(buf[off:])
+		id, body, size, err := DecodeRecord(buf[off:])
 		if err != nil || markOf(buf[off:]) > base+uint64(off) {
 			break
 		}
 		if visit != nil {
-			visit(id, base+uint64(off))
+			visit(id, base+uint64(off), body)
 		}
 		if id > st.MaxID {
 			st.MaxID = id

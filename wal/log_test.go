@@ -52,7 +52,7 @@ type recovered struct {
 func recoverLog(t *testing.T, dir string, repair bool) recovered {
 	t.Helper()
 	var r recovered
-	l, st, err := OpenLog(dir, testSegBytes, true, repair, func(id, pos uint64) { r.ids = append(r.ids, id) })
+	l, st, err := OpenLog(dir, testSegBytes, true, repair, func(id, pos uint64, _ []byte) { r.ids = append(r.ids, id) })
 	r.st, r.err = st, err
 	if err == nil {
 		// Every recovered record reads back by position.
@@ -365,7 +365,7 @@ func TestZeroEndingRecords(t *testing.T) {
 	}
 	// Crash: no Close.
 	var got []uint64
-	l2, st, err := OpenLog(dir, testSegBytes, true, false, func(id, pos uint64) { got = append(got, id) })
+	l2, st, err := OpenLog(dir, testSegBytes, true, false, func(id, pos uint64, _ []byte) { got = append(got, id) })
 	if err != nil {
 		t.Fatal(err)
 	}

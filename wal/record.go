@@ -14,7 +14,7 @@ import (
 //
 //	[0:4]   body length n, uint32 little endian
 //	[4:8]   CRC-32C of bytes [0:4] and [8:24+n], uint32 little endian
-//	[8:16]  id, uint64 little endian, never 0
+//	[8:16]  id, uint64 little endian; 0 marks a meta record (Store.Append)
 //	[16:24] sync mark, uint64 little endian
 //	[24:24+n] body
 //
@@ -88,9 +88,6 @@ func DecodeRecord(b []byte) (id uint64, body []byte, size int, err error) {
 		return 0, nil, 0, ErrCorrupt
 	}
 	id = binary.LittleEndian.Uint64(b[8:16])
-	if id == 0 {
-		return 0, nil, 0, ErrCorrupt
-	}
 	return id, b[headerSize:size], size, nil
 }
 
@@ -102,9 +99,10 @@ func DecodeRecord(b []byte) (id uint64, body []byte, size int, err error) {
 // computes a CRC.
 //
 // Runs of zeros (a zeroed sector, the preallocated rest of a segment) are
-// skipped in one pass: a record's id is never 0, so at most its first 15
-// bytes are zeros and it starts at most 15 bytes (less than a header) before
-// the end of a run.
+// skipped in one pass: a header of all zeros never checks (its CRC field
+// would have to match the CRC of zeros), so a record has a non-zero byte
+// among its first headerSize bytes and starts less than a header before the
+// end of a run.
 func nextValid(b []byte, from int) int {
 	for off := from; off+headerSize <= len(b); off++ {
 		if b[off] == 0 {

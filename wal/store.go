@@ -29,6 +29,10 @@ type Options struct {
 	Repair bool
 	// Logger gets recovery and error events; default slog.Default().
 	Logger *slog.Logger
+	// OnMeta, if set, is called during Open with the body of each meta
+	// record (id 0, see Append) found in the log, oldest first within a
+	// shard. body is valid only during the call.
+	OnMeta func(body []byte)
 }
 
 // Store is the durable store of all shards: one Log per shard, the id index
@@ -100,7 +104,15 @@ func Open(opts Options) (*Store, Recovery, error) {
 	for i := 0; i < n; i++ {
 		i := i
 		l, st, err := OpenLog(shardDir(opts.Dir, i), opts.SegmentBytes, opts.Sync, opts.Repair,
-			func(id, pos uint64) { s.index.Set(id, i, pos) })
+			func(id, pos uint64, body []byte) {
+				if id == 0 {
+					if opts.OnMeta != nil {
+						opts.OnMeta(body)
+					}
+					return
+				}
+				s.index.Set(id, i, pos)
+			})
 		if err != nil {
 			return fail(err)
 		}
@@ -157,6 +169,9 @@ func (s *Store) Logs() int { return len(s.logs) }
 func (s *Store) OnFlush(fn func(shard int, ids []uint64, err error)) { s.onFlush = fn }
 
 // Append adds a record to shard's open batch. It implements shard.Sink.
+// A record with id 0 is a meta record: it is flushed (and fails) with its
+// batch and handed to Options.OnMeta at the next Open, but it is not
+// indexed and not exported. Its body must not be empty.
 func (s *Store) Append(shard int, id uint64, body []byte) {
 	pos, err := s.logs[shard].Append(id, body)
 	if err != nil {
@@ -184,11 +199,15 @@ func (s *Store) Flush(shard int) error {
 		s.logs[shard].Discard()
 	} else {
 		for i := 0; i < len(p); i += 2 {
-			s.index.Set(p[i], shard, p[i+1])
+			if p[i] != 0 {
+				s.index.Set(p[i], shard, p[i+1])
+			}
 		}
 		if err = s.logs[shard].Flush(); err != nil {
 			for i := 0; i < len(p); i += 2 {
-				s.index.Delete(p[i])
+				if p[i] != 0 {
+					s.index.Delete(p[i])
+				}
 			}
 		}
 	}
@@ -268,6 +287,9 @@ func (s *Store) Export(cursor []uint64, limit int, fn func(id uint64, body []byt
 			}
 			taken := 0
 			pos, b, err := l.ReadFrom(next[i], buf, func(id uint64, body []byte) bool {
+				if id == 0 {
+					return true // a meta record: passed over, even at the quota
+				}
 				if taken == quota {
 					return false
 				}

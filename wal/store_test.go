@@ -1,7 +1,9 @@
 package wal
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -277,5 +279,73 @@ func TestPositionsExhausted(t *testing.T) {
 	if s, _, err := Open(Options{Dir: dir, Shards: 1, SegmentBytes: testSegBytes}); err == nil {
 		s.Close()
 		t.Fatal("Open accepted a log past the positions the index holds")
+	}
+}
+
+// Meta records (id 0) are flushed and fail with their batch, come back
+// through OnMeta at Open, and are neither indexed nor exported; an export
+// page never stops at one.
+func TestMetaRecords(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := Open(Options{Dir: dir, Shards: 1, SegmentBytes: testSegBytes, Sync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := uint64(1); id <= 6; id++ {
+		s.Append(0, id, testBody(id))
+		s.Append(0, 0, []byte(fmt.Sprintf("meta %d", id)))
+		if err := s.Flush(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A batch that fails takes its meta record with it.
+	SetFaultHook(func(op string, _ string) error {
+		if op == "write" {
+			return errors.New("injected")
+		}
+		return nil
+	})
+	s.Append(0, 7, testBody(7))
+	s.Append(0, 0, []byte("meta 7"))
+	if err := s.Flush(0); err == nil {
+		t.Fatal("Flush with a failing write succeeded")
+	}
+	SetFaultHook(nil)
+	// Export: one usage per page passes over the meta records.
+	var cursor []uint64
+	var got []uint64
+	for range 20 {
+		next, err := s.Export(cursor, 1, func(id uint64, body []byte) {
+			if !bytes.Equal(body, testBody(id)) {
+				t.Fatalf("export of %d: %q", id, body)
+			}
+			got = append(got, id)
+		})
+		if err != nil {
+			t.Fatalf("Export(%v): %v", cursor, err)
+		}
+		cursor = next
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5 6]" {
+		t.Fatalf("exported %v, want [1 2 3 4 5 6]", got)
+	}
+	if _, err := s.Get(nil, 0); !errors.Is(err, ErrNotStored) {
+		t.Fatalf("Get(0) = %v", err)
+	}
+	s.Close()
+	var metas []string
+	s, rec, err := Open(Options{Dir: dir, Shards: 1, SegmentBytes: testSegBytes, Sync: true,
+		OnMeta: func(body []byte) { metas = append(metas, string(body)) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if fmt.Sprint(metas) != "[meta 1 meta 2 meta 3 meta 4 meta 5 meta 6]" || rec.MaxID != 6 {
+		t.Fatalf("OnMeta got %q, MaxID %d", metas, rec.MaxID)
+	}
+	for id := uint64(1); id <= 6; id++ {
+		if b, err := s.Get(nil, id); err != nil || !bytes.Equal(b, testBody(id)) {
+			t.Fatalf("Get(%d) = %q, %v", id, b, err)
+		}
 	}
 }
