@@ -86,7 +86,7 @@ func newIdempotency(cacheBytes int, window time.Duration) *idempotency {
 // idemKey returns the request's key, unquoted, whether there is one, and
 // whether it is well formed.
 func idemKey(h *fasthttp.RequestHeader) (key []byte, present, ok bool) {
-	v := h.PeekBytes(strIdemHeader)
+	v := h.PeekCanonical(strIdemHeader) // parsed names are canonical: no copy, no normalizing
 	if v == nil {
 		return nil, false, true
 	}

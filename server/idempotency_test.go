@@ -99,6 +99,18 @@ func TestIdempotencyKeyRejects(t *testing.T) {
 	if n := s.stored.Load(); n != 1 {
 		t.Fatalf("stored %d", n)
 	}
+	// Header names are case-insensitive.
+	var bodies []string
+	for range 2 {
+		r, err := rawExchange(t, addr, postRequest(sample, "idempotency-KEY: lower\r\n"))
+		if err != nil || r.StatusCode() != 201 {
+			t.Fatalf("lower-case header name: %v %v", r, err)
+		}
+		bodies = append(bodies, string(r.Body()))
+	}
+	if bodies[0] != bodies[1] || s.stored.Load() != 2 {
+		t.Fatalf("lower-case header name: %v, stored %d", bodies, s.stored.Load())
+	}
 }
 
 // 32 concurrent requests with one key store exactly one usage; every 201
