@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/busyapi/busyapi/shard"
 )
 
 // validByOracle decides with encoding/json, independently of fastjson,
@@ -129,6 +131,70 @@ func FuzzPostUsage(f *testing.F) {
 			}
 		default:
 			t.Fatalf("status %d for %q", resp.StatusCode(), body)
+		}
+	})
+}
+
+// FuzzBatch: splitBatch never panics, and what it accepts is what
+// encoding/json sees in the body: for a JSON array, exactly its elements;
+// for NDJSON, exactly its non-blank lines (a blank last line allowed). Each
+// accepted usage passes the single-usage oracle.
+func FuzzBatch(f *testing.F) {
+	u1 := `{"patientId":1,"timestamp":"t","medication":"m"}`
+	u2 := `{"patientId":"2","timestamp":3,"medication":"m","x":[1,{"y":"]"}]}`
+	for _, seed := range []string{
+		"[" + u1 + "," + u2 + "]", " [ " + u1 + " ] ", "[]", "[" + u1 + ",]", "[" + u1 + " " + u2 + "]",
+		"[" + u1 + "]x", `["a"]`, "[" + u1 + ",1]", "[[" + u1 + "]]", `[{"a":"\"]"}]`,
+	} {
+		f.Add(true, []byte(seed))
+	}
+	for _, seed := range []string{
+		u1 + "\n" + u2 + "\n", u1 + "\r\n" + u2, u1 + "\n\n" + u2, "\n", u1 + "\n \n", u1 + " " + u2,
+	} {
+		f.Add(false, []byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, array bool, body []byte) {
+		format := formatNDJSON
+		if array {
+			format = formatArray
+		}
+		var p fastjson.Parser
+		b := shard.GetBatch()
+		defer b.Release()
+		_, _, msg := splitBatch(&p, format, body, 1000, b)
+		if msg != nil {
+			return
+		}
+		var want []json.RawMessage
+		if array {
+			if err := json.Unmarshal(body, &want); err != nil {
+				t.Fatalf("accepted an array encoding/json refuses (%v): %q", err, body)
+			}
+		} else {
+			// A blank last line is no usage: the text after the final
+			// newline, and the line before it if blank.
+			lines := strings.Split(string(body), "\n")
+			if lines[len(lines)-1] == "" {
+				lines = lines[:len(lines)-1]
+			}
+			if n := len(lines); n > 0 && strings.TrimSpace(lines[n-1]) == "" {
+				lines = lines[:n-1]
+			}
+			for _, l := range lines {
+				want = append(want, json.RawMessage(l))
+			}
+		}
+		if b.Len() != len(want) {
+			t.Fatalf("accepted %d usages, encoding/json sees %d: %q", b.Len(), len(want), body)
+		}
+		for k, w := range want {
+			got := b.Record(k)
+			if !bytes.Equal(got, bytes.TrimSpace(w)) {
+				t.Fatalf("usage %d is %q, encoding/json sees %q", k, got, w)
+			}
+			if ok, dup := validByOracle(got); !ok || dup {
+				t.Fatalf("usage %d %q accepted, the oracle refuses it", k, got)
+			}
 		}
 	})
 }

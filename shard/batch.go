@@ -56,8 +56,8 @@ func (b *Batch) Len() int { return len(b.ends) }
 // Bytes returns the total size of the records.
 func (b *Batch) Bytes() int { return len(b.data) }
 
-// record returns record k's body.
-func (b *Batch) record(k int) []byte {
+// Record returns record k's body.
+func (b *Batch) Record(k int) []byte {
 	start := 0
 	if k > 0 {
 		start = b.ends[k-1]
@@ -158,7 +158,7 @@ func (s *Set) drainBatch(i int, slot uint64) int {
 	s.slots[i].inUse.Add(-1)
 	n := len(b.ids)
 	for k, id := range b.ids {
-		s.sink.Append(i, id, b.record(k))
+		s.sink.Append(i, id, b.Record(k))
 	}
 	if b.trailerBody != nil {
 		s.sink.Append(i, 0, b.trailerBody)
