@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# compare.sh: closed-loop throughput of busyapi against two baselines, an
-# empty fasthttp handler (bench/empty) and net/http + encoding/json
-# (bench/nethttp), each with wrk, plain and 16-deep pipelined.
+# compare.sh: closed-loop throughput of busyapi against its baselines, an
+# empty fasthttp handler (bench/empty: bare; with busyapi's timeouts; and
+# with those timeouts answering busyapi's 201 response from constants) and
+# net/http + encoding/json (bench/nethttp), each with wrk, plain and 16-deep
+# pipelined.
 #
 #   bash bench/compare.sh                 # from the repo root
 #   DURATION=30s CONNECTIONS=128 bash bench/compare.sh
@@ -139,6 +141,7 @@ if "$tmp/busyapi" --help 2>&1 | grep -q -- '-data-dir'; then
 fi
 run empty 18081 "$tmp/empty" -addr 127.0.0.1:18081
 run empty-timeouts 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts
+run empty-201 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts -created
 # shellcheck disable=SC2086 # BUSYAPI_FLAGS is a list of flags
 run busyapi 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" $BUSYAPI_FLAGS
 if [ -n "${data_flags[*]}" ]; then
@@ -154,13 +157,13 @@ echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s)"
 echo "busyapi flags: ${data_flags[*]} $BUSYAPI_FLAGS"
 printf '%-16s %12s %12s\n' server plain "pipelined16"
-for s in empty empty-timeouts busyapi busyapi-memory nethttp; do
+for s in empty empty-timeouts empty-201 busyapi busyapi-memory nethttp; do
 	[ -n "${plain[$s]:-}" ] || continue
 	printf '%-28s %12s %12s\n' "$s" "${plain[$s]}" "${pipelined[$s]}"
 done
 for s in busyapi busyapi-memory nethttp; do
 	[ -n "${plain[$s]:-}" ] || continue
-	for b in empty empty-timeouts; do
+	for b in empty empty-timeouts empty-201; do
 		printf '%-28s %12s %12s\n' "$s/$b" "$(ratio "${plain[$s]}" "${plain[$b]}")" \
 			"$(ratio "${pipelined[$s]}" "${pipelined[$b]}")"
 	done

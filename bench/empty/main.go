@@ -14,10 +14,23 @@ import (
 func main() {
 	addr := flag.String("addr", ":8081", "listen address HOST:PORT")
 	timeouts := flag.Bool("timeouts", false, "set busyapi's default read, write and idle timeouts (10s, 10s, 60s)")
+	created := flag.Bool("created", false, "answer what busyapi answers a POST: 201 with Location, Content-Type and {\"id\":N}, from constants")
 	flag.Parse()
 	s := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {},
 		Name:    "empty",
+	}
+	if *created {
+		// The response the busyapi contract requires, at no cost of
+		// producing it: the ceiling for a server that must answer it.
+		loc, ct, body := []byte("/api/usages/1234567"), []byte("application/json"), []byte(`{"id":1234567}`)
+		s.Handler = func(ctx *fasthttp.RequestCtx) {
+			ctx.Response.Header.SetBytesKV([]byte("Location"), loc)
+			ctx.SetStatusCode(fasthttp.StatusCreated)
+			ctx.Response.Header.SetContentTypeBytes(ct)
+			ctx.Response.SetBody(body)
+		}
+		s.Name = "busyapi"
 	}
 	if *timeouts {
 		// The same server settings as busyapi, so that a ratio against
