@@ -131,8 +131,6 @@ type meters struct {
 	batchRecords *metrics.Histogram
 	syncSeconds  *metrics.Histogram
 	flushErrors  *metrics.Counter
-	// firstBlock is the first id block of this process.
-	firstBlock uint64
 }
 
 func newMeters() *meters {
@@ -215,7 +213,7 @@ func (s *Server) writeStats(w io.Writer) {
 	for i := range st.Shard.RingUsed {
 		fmt.Fprintf(w, "busyapi_ring_capacity_bytes{shard=\"%d\"} %d\n", i, st.Shard.RingBytes)
 	}
-	counter(w, "busyapi_id_blocks_leased_total", s.set.IDs().NextBlock()-s.meters.firstBlock)
+	counter(w, "busyapi_id_blocks_leased_total", s.set.IDs().Taken())
 	metrics.WriteGaugeUint64(w, "busyapi_ids_leased_bound", st.Shard.IDsLeased)
 	counter(w, "busyapi_cache_hits_total", st.Cache.Hits)
 	counter(w, "busyapi_cache_misses_total", st.Cache.GetMisses)

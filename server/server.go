@@ -287,7 +287,6 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.set = shard.New(scfg)
-	s.meters.firstBlock = s.set.IDs().NextBlock()
 	s.meters.set.RegisterMetricsWriter(s.writeStats)
 	if s.wal != nil && cfg.Retention > 0 {
 		s.bg.Add(1)

@@ -31,10 +31,30 @@ type IDs struct {
 	// the end of a block before one of them installs the next: at least
 	// 1023*block of them.
 	offBits uint
-	blocks  atomic.Uint64 // number of the next block to lease, from 0
-	limit   atomic.Uint64 // blocks below limit may be leased (durably reserved)
-	_       [cacheLine - 16]byte
+	// rng is the range of block numbers shards lease from; pending, if
+	// set, is the next one, which a shard installs when rng runs out.
+	// Standalone there is one range whose end grows (SetLimit); in a
+	// cluster, ranges come from a cluster-wide lease (SetNext) and need
+	// not be contiguous.
+	rng     atomic.Pointer[blockRange]
+	pending atomic.Pointer[blockRange]
+	taken   atomic.Uint64 // blocks leased to shards so far
+	_       [cacheLine - 24]byte
 	shards  []idShard
+}
+
+// blockRange is a range of block numbers: next is the next one to lease,
+// and blocks below end may be leased (they are durably reserved).
+type blockRange struct {
+	next atomic.Uint64
+	end  atomic.Uint64
+}
+
+func newRange(next, end uint64) *blockRange {
+	r := new(blockRange)
+	r.next.Store(next)
+	r.end.Store(end)
+	return r
 }
 
 type idShard struct {
@@ -51,8 +71,7 @@ func NewIDs(n int, block, first uint64) *IDs {
 	}
 	a := &IDs{block: block, shards: make([]idShard, n)}
 	a.offBits = uint(64 - bits.Len64(MaxID/block+1))
-	a.blocks.Store((first - 1 + block - 1) / block)
-	a.limit.Store(^uint64(0))
+	a.rng.Store(newRange((first-1+block-1)/block, ^uint64(0)))
 	return a
 }
 
@@ -62,21 +81,73 @@ func NewIDs(n int, block, first uint64) *IDs {
 // after a crash.
 var ErrIDsUnavailable = errors.New("shard: no reserved ids left")
 
-// SetLimit allows blocks below limit (a block number) to be leased. Until it
-// is called there is no limit.
-func (a *IDs) SetLimit(limit uint64) { a.limit.Store(limit) }
+// SetLimit allows blocks of the current range below limit (a block number)
+// to be leased. Until it is called there is no limit.
+func (a *IDs) SetLimit(limit uint64) { a.rng.Load().end.Store(limit) }
 
-// Limit returns the block limit.
-func (a *IDs) Limit() uint64 { return a.limit.Load() }
+// Limit returns the block limit of the current range.
+func (a *IDs) Limit() uint64 { return a.rng.Load().end.Load() }
 
 // NextBlock returns the number of the next block to be leased.
-func (a *IDs) NextBlock() uint64 { return a.blocks.Load() }
+func (a *IDs) NextBlock() uint64 { return a.rng.Load().next.Load() }
+
+// SetNext makes the blocks [start, end) the range shards go on with once
+// the current one is used up; until then it is pending. start must be above
+// every block of earlier ranges. It returns false, and changes nothing, if
+// a pending range is already waiting.
+func (a *IDs) SetNext(start, end uint64) bool {
+	return a.pending.CompareAndSwap(nil, newRange(start, end))
+}
+
+// Pending reports whether a range set by SetNext is waiting.
+func (a *IDs) Pending() bool { return a.pending.Load() != nil }
+
+// Remaining returns how many blocks of the current range are left to lease.
+func (a *IDs) Remaining() uint64 {
+	r := a.rng.Load()
+	next, end := r.next.Load(), r.end.Load()
+	if next >= end {
+		return 0
+	}
+	return end - next
+}
+
+// Taken returns how many blocks shards have leased since NewIDs.
+func (a *IDs) Taken() uint64 { return a.taken.Load() }
 
 // Block returns the size of an id block.
 func (a *IDs) Block() uint64 { return a.block }
 
 // Leased returns the upper bound (exclusive) of the ids leased so far.
-func (a *IDs) Leased() uint64 { return a.blocks.Load()*a.block + 1 }
+func (a *IDs) Leased() uint64 { return a.NextBlock()*a.block + 1 }
+
+// takeBlock leases the next block number, moving on to the pending range
+// when the current one is used up.
+func (a *IDs) takeBlock() (uint64, error) {
+	for {
+		r := a.rng.Load()
+		nb := r.next.Load()
+		if nb*a.block+1 >= MaxID {
+			// Stop leasing, or the block number would eventually
+			// overflow its bits in state.
+			return 0, ErrIDsExhausted
+		}
+		if nb >= r.end.Load() {
+			p := a.pending.Load()
+			if p == nil {
+				return 0, ErrIDsUnavailable
+			}
+			if a.rng.CompareAndSwap(r, p) {
+				a.pending.CompareAndSwap(p, nil)
+			}
+			continue
+		}
+		if r.next.CompareAndSwap(nb, nb+1) {
+			a.taken.Add(1)
+			return nb, nil
+		}
+	}
+}
 
 // Next returns a new id for shard i. It is safe for concurrent use and takes
 // no lock.
@@ -94,24 +165,10 @@ func (a *IDs) Next(i int) (uint64, error) {
 		}
 		// The block is used up (or none was leased yet): lease the next
 		// one and install it, unless another producer already did.
-		var nb uint64
-		for {
-			nb = a.blocks.Load()
-			var err error
-			if nb*a.block+1 >= MaxID {
-				// Stop leasing, or the block number would eventually
-				// overflow its bits in state.
-				err = ErrIDsExhausted
-			} else if nb >= a.limit.Load() {
-				err = ErrIDsUnavailable
-			}
-			if err != nil {
-				s.clamp(blk, a)
-				return 0, err
-			}
-			if a.blocks.CompareAndSwap(nb, nb+1) {
-				break
-			}
+		nb, err := a.takeBlock()
+		if err != nil {
+			s.clamp(blk, a)
+			return 0, err
 		}
 		for {
 			cur := s.state.Load()

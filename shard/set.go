@@ -58,6 +58,14 @@ type Config struct {
 	LeaseIDs     func(upTo uint64) error
 	LeaseWindow  uint64
 	OnLeaseError func(err error)
+	// LeaseBlocks, if set, reserves n blocks of ids cluster-wide and
+	// returns the first block number: the ranges of all instances never
+	// overlap. The Set then hands out ids only from ranges it leased so
+	// (LeaseWindow blocks at a time, the next one fetched in the background
+	// while half of the current is left), records each range's end with
+	// LeaseIDs (if set) before using it, and until the first lease
+	// succeeds, Put returns ErrIDsUnavailable.
+	LeaseBlocks func(n uint64) (uint64, error)
 }
 
 // Recoverer is implemented by sinks that can leave a failed state.
@@ -93,6 +101,10 @@ type Set struct {
 	lease        func(uint64) error
 	leaseWindow  uint64
 	onLeaseError func(error)
+	leaseBlocks  func(uint64) (uint64, error)
+	roundTrips   atomic.Uint64
+	retryAt      time.Time // leaser-only: no cluster lease before this
+	backoff      time.Duration
 }
 
 // sleeper holds the channel a sleeping drainer waits on; nil while awake.
@@ -156,11 +168,12 @@ func New(cfg Config) *Set {
 		lease:        cfg.LeaseIDs,
 		leaseWindow:  cfg.LeaseWindow,
 		onLeaseError: cfg.OnLeaseError,
+		leaseBlocks:  cfg.LeaseBlocks,
 	}
 	if s.recoverInt <= 0 {
 		s.recoverInt = time.Second
 	}
-	if s.lease != nil {
+	if s.lease != nil || s.leaseBlocks != nil {
 		if s.leaseWindow == 0 {
 			// 1024 blocks of 4096 ids: seconds of headroom at any rate
 			// one machine can take, so a leaser delayed by a busy
@@ -239,6 +252,10 @@ func (s *Set) poke(i int) {
 func (s *Set) Failed(i int) bool { return s.failed[i].v.Load() }
 
 func (s *Set) extendLease() {
+	if s.leaseBlocks != nil {
+		s.extendClusterLease()
+		return
+	}
 	next, limit := s.ids.NextBlock(), s.ids.Limit()
 	if next+s.leaseWindow/2 < limit {
 		return
@@ -251,6 +268,33 @@ func (s *Set) extendLease() {
 		return
 	}
 	s.ids.SetLimit(upTo)
+}
+
+// extendClusterLease leases the next range of blocks cluster-wide once
+// half of the current one is used, and queues it; a failed round trip is
+// retried with backoff (10 ms doubling to 2 s), not every tick.
+func (s *Set) extendClusterLease() {
+	if s.ids.Pending() || s.ids.Remaining() > s.leaseWindow/2 || time.Now().Before(s.retryAt) {
+		return
+	}
+	s.roundTrips.Add(1)
+	start, err := s.leaseBlocks(s.leaseWindow)
+	end := start + s.leaseWindow
+	if err == nil && s.lease != nil {
+		// Keep the local durable lease too: the range's end is on disk
+		// before any of its ids is handed out.
+		err = s.lease(end*s.ids.Block() + 1)
+	}
+	if err != nil {
+		s.backoff = min(max(2*s.backoff, 10*time.Millisecond), 2*time.Second)
+		s.retryAt = time.Now().Add(s.backoff)
+		if s.onLeaseError != nil {
+			s.onLeaseError(err)
+		}
+		return
+	}
+	s.backoff, s.retryAt = 0, time.Time{}
+	s.ids.SetNext(start, end)
 }
 
 func (s *Set) leaser() {
@@ -368,6 +412,8 @@ type Stats struct {
 	RingUsed  []int  // bytes waiting in each ring
 	RingBytes int    // capacity of each ring
 	IDsLeased uint64 // exclusive upper bound of leased ids
+	// LeaseRoundTrips counts cluster-wide lease calls (Config.LeaseBlocks).
+	LeaseRoundTrips uint64
 }
 
 // UpdateStats adds the Set's counters to st and overwrites its gauges.
@@ -382,4 +428,5 @@ func (s *Set) UpdateStats(st *Stats) {
 		st.RingUsed = append(st.RingUsed, r.Used())
 	}
 	st.IDsLeased = s.ids.Leased()
+	st.LeaseRoundTrips += s.roundTrips.Load()
 }
