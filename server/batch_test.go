@@ -107,7 +107,9 @@ func checkUsages(t *testing.T, addr string, ids []uint64, items []string) {
 	}
 }
 
-func TestBatchStores(t *testing.T) {
+// forEachAck runs f against a server on loopback in each ack mode: memory
+// without a log, and fsync with one.
+func forEachAck(t *testing.T, f func(t *testing.T, s *Server, addr string)) {
 	for _, mode := range []string{AckMemory, AckFsync} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := Config{Ack: mode}
@@ -115,51 +117,56 @@ func TestBatchStores(t *testing.T) {
 				cfg.DataDir = t.TempDir()
 			}
 			s := newTestServer(t, cfg)
-			addr := startTCP(t, s)
-			seen := map[uint64]bool{}
-			post := func(ct string, body []byte, items []string, extra map[string]string) {
-				t.Helper()
-				h := map[string]string{}
-				if ct != "" {
-					h["Content-Type"] = ct
-				}
-				for k, v := range extra {
-					h[k] = v
-				}
-				var resp *fasthttp.Response
-				if ct == "" {
-					// fasthttp's client would add a Content-Type.
-					var err error
-					resp, err = rawExchange(t, addr, []byte(fmt.Sprintf("POST /api/usages/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)))
-					if err != nil {
-						t.Fatal(err)
-					}
-				} else {
-					resp = httpDo(t, addr, "POST", "/api/usages/batch", h, body)
-				}
-				ids := batchIDs(t, resp)
-				for _, id := range ids {
-					if seen[id] {
-						t.Fatalf("id %d answered twice", id)
-					}
-					seen[id] = true
-				}
-				checkUsages(t, addr, ids, items)
-			}
-			items := usages(3, 1)
-			post("application/x-ndjson", ndjson(items), items, nil)
-			post("application/x-ndjson", []byte(strings.Join(items, "\r\n")), items, nil) // no blank last line
-			post("application/json; charset=utf-8", jsonArray(items), items, nil)
-			post("", jsonArray(items), items, nil)
-			post("", ndjson(items), items, nil)
-			big := usages(10000, 100)
-			post("application/x-ndjson", gz(t, ndjson(big)), big, map[string]string{"Content-Encoding": "gzip"})
-			post("application/json", gz(t, jsonArray(items)), items, map[string]string{"Content-Encoding": "gzip"})
-			if got := s.stored.Load(); got != uint64(len(seen)) {
-				t.Fatalf("stored %d, want %d", got, len(seen))
-			}
+			f(t, s, startTCP(t, s))
 		})
 	}
+}
+
+func TestBatchStores(t *testing.T) {
+	forEachAck(t, func(t *testing.T, s *Server, addr string) {
+		seen := map[uint64]bool{}
+		post := func(ct string, body []byte, items []string, extra map[string]string) {
+			t.Helper()
+			h := map[string]string{}
+			if ct != "" {
+				h["Content-Type"] = ct
+			}
+			for k, v := range extra {
+				h[k] = v
+			}
+			var resp *fasthttp.Response
+			if ct == "" {
+				// fasthttp's client would add a Content-Type.
+				var err error
+				resp, err = rawExchange(t, addr, []byte(fmt.Sprintf("POST /api/usages/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)))
+				if err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				resp = httpDo(t, addr, "POST", "/api/usages/batch", h, body)
+			}
+			ids := batchIDs(t, resp)
+			for _, id := range ids {
+				if seen[id] {
+					t.Fatalf("id %d answered twice", id)
+				}
+				seen[id] = true
+			}
+			checkUsages(t, addr, ids, items)
+		}
+		items := usages(3, 1)
+		post("application/x-ndjson", ndjson(items), items, nil)
+		post("application/x-ndjson", []byte(strings.Join(items, "\r\n")), items, nil) // no blank last line
+		post("application/json; charset=utf-8", jsonArray(items), items, nil)
+		post("", jsonArray(items), items, nil)
+		post("", ndjson(items), items, nil)
+		big := usages(10000, 100)
+		post("application/x-ndjson", gz(t, ndjson(big)), big, map[string]string{"Content-Encoding": "gzip"})
+		post("application/json", gz(t, jsonArray(items)), items, map[string]string{"Content-Encoding": "gzip"})
+		if got := s.stored.Load(); got != uint64(len(seen)) {
+			t.Fatalf("stored %d, want %d", got, len(seen))
+		}
+	})
 }
 
 func TestBatchRejects(t *testing.T) {

@@ -22,61 +22,53 @@ func postKey(t *testing.T, addr, uri, key, ct, body string) *fasthttp.Response {
 }
 
 func TestIdempotentRetry(t *testing.T) {
-	for _, mode := range []string{AckMemory, AckFsync} {
-		t.Run(mode, func(t *testing.T) {
-			cfg := Config{Ack: mode}
-			if mode == AckFsync {
-				cfg.DataDir = t.TempDir()
+	forEachAck(t, func(t *testing.T, s *Server, addr string) {
+		first := postKey(t, addr, "/api/usages", `"k-1"`, "application/json", sample)
+		if first.StatusCode() != 201 {
+			t.Fatalf("first: %d %s", first.StatusCode(), first.Body())
+		}
+		for _, key := range []string{`"k-1"`, `k-1`, ` "k-1" `} {
+			again := postKey(t, addr, "/api/usages", key, "application/json", sample+"\n")
+			if again.StatusCode() != 201 || string(again.Body()) != string(first.Body()) ||
+				string(again.Header.Peek("Location")) != string(first.Header.Peek("Location")) ||
+				string(again.Header.Peek("Idempotent-Replayed")) != "true" {
+				t.Fatalf("retry with %s: %d %s Location %q, want %s Location %q", key, again.StatusCode(), again.Body(),
+					again.Header.Peek("Location"), first.Body(), first.Header.Peek("Location"))
 			}
-			s := newTestServer(t, cfg)
-			addr := startTCP(t, s)
-			first := postKey(t, addr, "/api/usages", `"k-1"`, "application/json", sample)
-			if first.StatusCode() != 201 {
-				t.Fatalf("first: %d %s", first.StatusCode(), first.Body())
-			}
-			for _, key := range []string{`"k-1"`, `k-1`, ` "k-1" `} {
-				again := postKey(t, addr, "/api/usages", key, "application/json", sample+"\n")
-				if again.StatusCode() != 201 || string(again.Body()) != string(first.Body()) ||
-					string(again.Header.Peek("Location")) != string(first.Header.Peek("Location")) ||
-					string(again.Header.Peek("Idempotent-Replayed")) != "true" {
-					t.Fatalf("retry with %s: %d %s Location %q, want %s Location %q", key, again.StatusCode(), again.Body(),
-						again.Header.Peek("Location"), first.Body(), first.Header.Peek("Location"))
-				}
-			}
-			other := postKey(t, addr, "/api/usages", "k-1", "application/json", strings.Replace(sample, "100", "101", 1))
-			if other.StatusCode() != 422 || !strings.Contains(errorOf(t, other), "different request body") {
-				t.Fatalf("same key, other body: %d %s", other.StatusCode(), other.Body())
-			}
-			// The key is per route: the same key on the batch endpoint is
-			// another request.
-			items := usages(3, 1)
-			b1 := postKey(t, addr, "/api/usages/batch", "k-1", "application/x-ndjson", string(ndjson(items)))
-			if b1.StatusCode() != 422 {
-				t.Fatalf("key of a single POST reused for a batch: %d %s", b1.StatusCode(), b1.Body())
-			}
-			b1 = postKey(t, addr, "/api/usages/batch", "b-1", "application/x-ndjson", string(ndjson(items)))
-			ids := batchIDs(t, b1)
-			b2 := postKey(t, addr, "/api/usages/batch", "b-1", "application/x-ndjson", string(ndjson(items)))
-			if got := batchIDs(t, b2); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
-				t.Fatalf("batch retry ids %v, want %v", got, ids)
-			}
-			if n := s.stored.Load(); n != 4 {
-				t.Fatalf("stored %d usages, want 4 (one usage and one batch of 3)", n)
-			}
-			if n := s.replays.Load(); n != 4 {
-				t.Fatalf("replays %d, want 4", n)
-			}
-			var buf bytes.Buffer
-			s.WriteMetrics(&buf)
-			if !strings.Contains(buf.String(), "busyapi_idempotent_replays_total 4\n") {
-				t.Fatalf("metrics do not count 4 replays:\n%s", buf.String())
-			}
-			// Without a key, the same body is a new usage.
-			if r := postKey(t, addr, "/api/usages", "", "application/json", sample); r.StatusCode() != 201 || string(r.Body()) == string(first.Body()) {
-				t.Fatalf("no key: %d %s", r.StatusCode(), r.Body())
-			}
-		})
-	}
+		}
+		other := postKey(t, addr, "/api/usages", "k-1", "application/json", strings.Replace(sample, "100", "101", 1))
+		if other.StatusCode() != 422 || !strings.Contains(errorOf(t, other), "different request body") {
+			t.Fatalf("same key, other body: %d %s", other.StatusCode(), other.Body())
+		}
+		// The key is per route: the same key on the batch endpoint is
+		// another request.
+		items := usages(3, 1)
+		b1 := postKey(t, addr, "/api/usages/batch", "k-1", "application/x-ndjson", string(ndjson(items)))
+		if b1.StatusCode() != 422 {
+			t.Fatalf("key of a single POST reused for a batch: %d %s", b1.StatusCode(), b1.Body())
+		}
+		b1 = postKey(t, addr, "/api/usages/batch", "b-1", "application/x-ndjson", string(ndjson(items)))
+		ids := batchIDs(t, b1)
+		b2 := postKey(t, addr, "/api/usages/batch", "b-1", "application/x-ndjson", string(ndjson(items)))
+		if got := batchIDs(t, b2); len(got) != 3 || got[0] != ids[0] || got[2] != ids[2] {
+			t.Fatalf("batch retry ids %v, want %v", got, ids)
+		}
+		if n := s.stored.Load(); n != 4 {
+			t.Fatalf("stored %d usages, want 4 (one usage and one batch of 3)", n)
+		}
+		if n := s.replays.Load(); n != 4 {
+			t.Fatalf("replays %d, want 4", n)
+		}
+		var buf bytes.Buffer
+		s.WriteMetrics(&buf)
+		if !strings.Contains(buf.String(), "busyapi_idempotent_replays_total 4\n") {
+			t.Fatalf("metrics do not count 4 replays:\n%s", buf.String())
+		}
+		// Without a key, the same body is a new usage.
+		if r := postKey(t, addr, "/api/usages", "", "application/json", sample); r.StatusCode() != 201 || string(r.Body()) == string(first.Body()) {
+			t.Fatalf("no key: %d %s", r.StatusCode(), r.Body())
+		}
+	})
 }
 
 func TestIdempotencyKeyRejects(t *testing.T) {
