@@ -40,11 +40,13 @@ const (
 
 // Forwarder publishes every usage of a wal.Store to the stream, exactly
 // once: see the package documentation. One goroutine does it all, off the
-// ingest path.
+// ingest path: it keeps up to pipeline batches in flight, each published on
+// its own JetStream context (so that "every ack of this batch is in" is
+// that context's PublishAsyncComplete), and moves the cursor past the
+// oldest batch once all of its acks are in.
 type Forwarder struct {
 	store *wal.Store
 	conn  *Conn
-	js    jetstream.JetStream
 	cfg   Config
 	log   *slog.Logger
 	mark  *cursorFile
@@ -55,7 +57,8 @@ type Forwarder struct {
 	lastSave  time.Time
 	streamOK  bool
 	problemAt time.Time // when the current problem was last logged
-	batch     batch
+	slots     []*slot   // pipeline of them
+	inflight  []*slot   // published, oldest first
 
 	saved    []atomic.Uint64 // per shard: the durable cursor (what retention keeps)
 	fwd      []atomic.Uint64 // per shard: usages forwarded, counted like Store.Usages
@@ -65,12 +68,7 @@ type Forwarder struct {
 	duplicates atomic.Uint64
 	failures   atomic.Uint64
 	problem    atomic.Pointer[string]
-
-	// Acks of the batch in flight, counted by the JetStream callbacks.
-	acked   atomic.Uint64
-	dups    atomic.Uint64
-	pubErr  atomic.Pointer[error]
-	started atomic.Bool
+	started    atomic.Bool
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -84,6 +82,18 @@ type Forwarder struct {
 	maxBatch      int
 	crashAfterAck func() bool
 	crashed       bool // set by crashAfterAck's caller: Close writes nothing
+}
+
+// slot is one batch in flight, on its own JetStream context.
+type slot struct {
+	js     jetstream.JetStream
+	acked  atomic.Uint64 // acks of the batch, counted by the context's callbacks
+	dups   atomic.Uint64
+	pubErr atomic.Pointer[error]
+	b      batch
+	start  time.Time // when the batch was read
+	sent   int       // messages handed to the client
+	err    error     // why handing a message to the client failed
 }
 
 // batch is a batch of messages read from the log.
@@ -123,11 +133,8 @@ func NewForwarder(store *wal.Store, dir string, conn *Conn, log *slog.Logger) (*
 		store: store, conn: conn, cfg: cfg, log: log.With("component", "forward"), mark: mark,
 		pos: pos, saved: make([]atomic.Uint64, n), fwd: make([]atomic.Uint64, n),
 		stop: make(chan struct{}), exited: make(chan struct{}),
-		maxBatch: maxPendingAcks,
+		maxBatch: maxBatch,
 	}
-	f.batch.next = make([]uint64, n)
-	f.batch.count = make([]uint64, n)
-	f.batch.reusable = true
 	var backlog uint64
 	var buf []byte
 	for i := range n {
@@ -152,22 +159,26 @@ func NewForwarder(store *wal.Store, dir string, conn *Conn, log *slog.Logger) (*
 		caughtUp = time.Now().UnixNano()
 	}
 	f.caughtUp.Store(caughtUp)
-	f.js, err = conn.JetStream(
-		jetstream.WithPublishAsyncMaxPending(maxPendingAcks),
-		jetstream.WithPublishAsyncTimeout(ackTimeout),
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, _ *nats.Msg, ack *jetstream.PubAck) {
-			f.acked.Add(1)
-			if ack.Duplicate {
-				f.dups.Add(1)
-			}
-		}),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
-			f.pubErr.CompareAndSwap(nil, &err)
-		}),
-	)
-	if err != nil {
-		mark.close()
-		return nil, err
+	for range pipeline {
+		sl := &slot{b: batch{next: make([]uint64, n), count: make([]uint64, n), reusable: true}}
+		sl.js, err = conn.JetStream(
+			jetstream.WithPublishAsyncMaxPending(maxBatch),
+			jetstream.WithPublishAsyncTimeout(ackTimeout),
+			jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, _ *nats.Msg, ack *jetstream.PubAck) {
+				sl.acked.Add(1)
+				if ack.Duplicate {
+					sl.dups.Add(1)
+				}
+			}),
+			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
+				sl.pubErr.CompareAndSwap(nil, &err)
+			}),
+		)
+		if err != nil {
+			mark.close()
+			return nil, err
+		}
+		f.slots = append(f.slots, sl)
 	}
 	f.log.Info("forwarding usages", "stream", cfg.Stream, "subject", cfg.Subject, "backlog", backlog,
 		"cursor", wal.FormatCursor(pos))
@@ -283,8 +294,10 @@ func (f *Forwarder) sleep(d time.Duration) {
 	}
 }
 
-// run is the forwarding loop: read a batch after the cursor, publish it,
-// wait for every ack, move the cursor, and now and then write it.
+// run is the forwarding loop: keep up to pipeline batches after the
+// cursor in flight, and as the oldest one's acks are all in, move the
+// cursor past it and now and then write it. A failed batch drops the ones
+// in flight after it; they are read and published again.
 func (f *Forwarder) run() {
 	defer close(f.exited)
 	wait := time.Duration(0)
@@ -298,38 +311,40 @@ func (f *Forwarder) run() {
 		if f.ctx.Err() != nil {
 			return
 		}
-		if !f.conn.Connected() {
-			if stopping {
-				return
-			}
-			f.sleep(retryWaitMin)
-			continue
-		}
-		if !f.streamOK {
-			if err := f.ensureStream(); err != nil {
+		if len(f.inflight) == 0 {
+			if !f.conn.Connected() {
 				if stopping {
-					f.report(err)
 					return
 				}
-				fail(err)
+				f.sleep(retryWaitMin)
 				continue
 			}
-			f.streamOK = true
+			if !f.streamOK {
+				if err := f.ensureStream(); err != nil {
+					if stopping {
+						f.report(err)
+						return
+					}
+					fail(err)
+					continue
+				}
+				f.streamOK = true
+			}
 		}
-		start := time.Now()
-		if err := f.read(&f.batch); err != nil {
+		idle, err := f.fill()
+		if err != nil && len(f.inflight) == 0 {
 			if stopping {
+				f.report(err)
 				return
 			}
-			fail(fmt.Errorf("cannot read the log: %w", err))
+			fail(err)
 			continue
 		}
-		b := &f.batch
-		if len(b.msgs) == 0 {
-			f.advance(b)
-			f.caughtUp.Store(start.UnixNano())
-			if err := f.save(true); err != nil {
-				f.report(err)
+		if len(f.inflight) == 0 {
+			if idle {
+				if err := f.save(true); err != nil {
+					f.report(err)
+				}
 			}
 			if stopping {
 				return
@@ -337,7 +352,14 @@ func (f *Forwarder) run() {
 			f.sleep(pollInterval)
 			continue
 		}
-		if err := f.publish(b); err != nil {
+		sl := f.inflight[0]
+		if err := f.complete(sl); err != nil {
+			// Drop every batch in flight once its acks are in (or
+			// timed out); they are read again from the cursor.
+			for _, other := range f.inflight[1:] {
+				f.complete(other)
+			}
+			f.inflight = f.inflight[:0]
 			f.streamOK = false // look the stream up again: it may be gone
 			if stopping {
 				f.report(err)
@@ -346,19 +368,66 @@ func (f *Forwarder) run() {
 			fail(err)
 			continue
 		}
+		f.inflight = f.inflight[1:]
 		if f.crashAfterAck != nil && f.crashAfterAck() {
 			return
 		}
 		wait = 0
 		f.clearProblem()
-		f.advance(b)
-		if b.complete {
-			f.caughtUp.Store(start.UnixNano())
+		f.advance(&sl.b)
+		if sl.b.complete {
+			f.caughtUp.Store(sl.start.UnixNano())
 		}
 		if err := f.save(false); err != nil {
 			f.report(err)
 		}
 	}
+}
+
+// fill reads and publishes batches until pipeline of them are in flight,
+// the log has nothing more, or a publish fails. idle reports that nothing
+// was in flight and nothing was to be read: the cursor then moved past
+// any meta records, and every usage stored before the read is forwarded.
+func (f *Forwarder) fill() (idle bool, err error) {
+	for len(f.inflight) < len(f.slots) {
+		sl := f.freeSlot()
+		from := f.pos
+		if n := len(f.inflight); n > 0 {
+			from = f.inflight[n-1].b.next
+		}
+		sl.start = time.Now()
+		if err := f.read(&sl.b, from); err != nil {
+			return false, fmt.Errorf("cannot read the log: %w", err)
+		}
+		if len(sl.b.msgs) == 0 {
+			if len(f.inflight) == 0 {
+				f.advance(&sl.b)
+				f.caughtUp.Store(sl.start.UnixNano())
+				return true, nil
+			}
+			return false, nil
+		}
+		f.publish(sl)
+		f.inflight = append(f.inflight, sl)
+		if sl.err != nil {
+			return false, sl.err
+		}
+	}
+	return false, nil
+}
+
+// freeSlot returns a slot with no batch in flight.
+func (f *Forwarder) freeSlot() *slot {
+	for _, sl := range f.slots {
+		busy := false
+		for _, in := range f.inflight {
+			busy = busy || in == sl
+		}
+		if !busy {
+			return sl
+		}
+	}
+	panic("BUG: cluster: no free slot")
 }
 
 // report records and logs why forwarding failed: a new problem at once, the
@@ -384,13 +453,14 @@ func (f *Forwarder) clearProblem() {
 func (f *Forwarder) ensureStream() error {
 	ctx, cancel := context.WithTimeout(f.ctx, apiTimeout)
 	defer cancel()
-	st, err := f.js.Stream(ctx, f.cfg.Stream)
+	js := f.slots[0].js
+	st, err := js.Stream(ctx, f.cfg.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if f.cfg.NoCreate {
 			return fmt.Errorf("%w: %q does not exist and --nats-no-create is set: create it with subject %q (e.g. nats stream add %s --subjects %s --dupe-window 2m), or start without --nats-no-create",
 				ErrNoStream, f.cfg.Stream, f.cfg.Subject, f.cfg.Stream, f.cfg.Subject)
 		}
-		st, err = f.js.CreateStream(ctx, jetstream.StreamConfig{
+		st, err = js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:       f.cfg.Stream,
 			Subjects:   []string{f.cfg.Subject},
 			Replicas:   f.cfg.Replicas,
@@ -399,7 +469,7 @@ func (f *Forwarder) ensureStream() error {
 			Retention:  jetstream.LimitsPolicy,
 		})
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			st, err = f.js.Stream(ctx, f.cfg.Stream) // another instance made it
+			st, err = js.Stream(ctx, f.cfg.Stream) // another instance made it
 		} else if err == nil {
 			f.log.Info("created stream", "stream", f.cfg.Stream, "subject", f.cfg.Subject,
 				"replicas", f.cfg.Replicas, "duplicate_window", f.cfg.DuplicateWindow.String())
@@ -444,10 +514,10 @@ func takesSubject(filters []string, subject string) bool {
 }
 
 // read fills b with up to maxBatch usages (and maxBatchBytes) after the
-// cursor, spread fairly over the shards, each as GET /api/usages/{id}
+// positions from, spread fairly over the shards, each as GET /api/usages/{id}
 // returns it. Meta records (id 0) are passed over.
-func (f *Forwarder) read(b *batch) error {
-	copy(b.next, f.pos)
+func (f *Forwarder) read(b *batch, from []uint64) error {
+	copy(b.next, from)
 	clear(b.count)
 	b.msgs, b.ids = b.msgs[:0], b.ids[:0]
 	if b.reusable {
@@ -524,47 +594,53 @@ func (f *Forwarder) read(b *batch) error {
 	return nil
 }
 
-// publish publishes b's messages asynchronously and waits for every ack.
-// It fails unless the stream acknowledged all of them.
-func (f *Forwarder) publish(b *batch) error {
-	f.acked.Store(0)
-	f.dups.Store(0)
-	f.pubErr.Store(nil)
-	sent := 0
-	var err error
-	for _, m := range b.msgs {
-		if _, err = f.js.PublishMsgAsync(m); err != nil {
+// publish hands sl's messages to the client, which publishes them
+// asynchronously; it stops at the first that fails (sl.err).
+func (f *Forwarder) publish(sl *slot) {
+	sl.acked.Store(0)
+	sl.dups.Store(0)
+	sl.pubErr.Store(nil)
+	sl.sent, sl.err = 0, nil
+	sl.b.reusable = false
+	for _, m := range sl.b.msgs {
+		if _, err := sl.js.PublishMsgAsync(m); err != nil {
+			sl.err = fmt.Errorf("publishing to stream %q: %w", f.cfg.Stream, err)
 			break
 		}
-		sent++
+		sl.sent++
 	}
-	b.reusable = false
+}
+
+// complete waits until every message of sl's batch is acknowledged, or has
+// failed or timed out, and counts them. It fails unless the stream
+// acknowledged all of them.
+func (f *Forwarder) complete(sl *slot) error {
 	select {
-	case <-f.js.PublishAsyncComplete():
+	case <-sl.js.PublishAsyncComplete():
 	case <-f.ctx.Done():
-		f.failures.Add(uint64(sent))
+		f.failures.Add(uint64(sl.sent))
 		return f.ctx.Err()
 	}
-	b.reusable = true
-	acked := f.acked.Load()
+	sl.b.reusable = true
+	acked := sl.acked.Load()
 	f.published.Add(acked)
-	f.duplicates.Add(f.dups.Load())
-	failed := uint64(sent) - min(acked, uint64(sent))
-	if err != nil {
+	f.duplicates.Add(sl.dups.Load())
+	failed := uint64(sl.sent) - min(acked, uint64(sl.sent))
+	if sl.err != nil {
 		failed++
 	}
 	f.failures.Add(failed)
 	if failed == 0 {
 		return nil
 	}
-	if err == nil {
-		if p := f.pubErr.Load(); p != nil {
-			err = *p
-		} else {
-			err = errors.New("no ack")
-		}
+	if sl.err != nil {
+		return sl.err
 	}
-	return fmt.Errorf("publishing to stream %q: %d of %d messages not acknowledged: %w", f.cfg.Stream, failed, len(b.msgs), err)
+	err := errors.New("no ack")
+	if p := sl.pubErr.Load(); p != nil {
+		err = *p
+	}
+	return fmt.Errorf("publishing to stream %q: %d of %d messages not acknowledged: %w", f.cfg.Stream, failed, len(sl.b.msgs), err)
 }
 
 // advance moves the cursor past b, every message of which is acknowledged.
