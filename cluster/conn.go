@@ -121,9 +121,9 @@ const (
 	reconnectMax    = 2 * time.Second
 	apiTimeout      = 5 * time.Second // JetStream API requests (stream lookup and creation)
 	ackTimeout      = 5 * time.Second // one published message's ack
-	maxBatch        = 2048            // usages in one batch (and async publishes per JetStream context)
+	maxBatch        = 4096            // usages in one batch (and async publishes per JetStream context)
 	maxBatchBytes   = 2 << 20         // bodies of one batch
-	pipeline        = 4               // batches in flight: at most 8192 usages waiting for their acks
+	pipeline        = 4               // batches in flight: at most 16384 usages waiting for their acks
 	flusherTimeout  = 5 * time.Second
 	maxReconnectExp = 5 // reconnectMin << 5 > reconnectMax
 )

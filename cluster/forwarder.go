@@ -581,9 +581,12 @@ func (f *Forwarder) read(b *batch, from []uint64) error {
 			end = offs[j+1]
 		}
 		if j == len(b.pool) {
+			// Only the id header: ensureStream has checked that the
+			// stream takes the subject (streams' subjects never overlap),
+			// and a Nats-Expected-Stream header costs the server about 7%
+			// of the forwarding rate (BenchmarkForward).
 			b.pool = append(b.pool, &nats.Msg{Subject: f.cfg.Subject, Header: nats.Header{
-				jetstream.MsgIDHeader:          make([]string, 1),
-				jetstream.ExpectedStreamHeader: []string{f.cfg.Stream},
+				jetstream.MsgIDHeader: make([]string, 1),
 			}})
 		}
 		m := b.pool[j]
