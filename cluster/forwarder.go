@@ -368,7 +368,7 @@ func (f *Forwarder) run() {
 			fail(err)
 			continue
 		}
-		f.inflight = f.inflight[1:]
+		f.inflight = append(f.inflight[:0], f.inflight[1:]...)
 		if f.crashAfterAck != nil && f.crashAfterAck() {
 			return
 		}
