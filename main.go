@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/busyapi/busyapi/auth"
+	"github.com/busyapi/busyapi/cluster"
 	"github.com/busyapi/busyapi/server"
 )
 
@@ -64,6 +65,13 @@ func run(args []string) error {
 	tlsKey := fs.String("tls-key", "", "PEM private key file of --tls-cert")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	fs.IntVar(&cfg.AccessLogSample, "access-log-sample", 0, "log one request in N (method, path, status, duration, remote address): 0 = off, 1 = every request")
+	fs.StringVar(&cfg.NATS.URLs, "nats", "", "scale-out mode: NATS server URLs, comma-separated (e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222); every usage is forwarded to a JetStream stream")
+	fs.StringVar(&cfg.NATS.CredsFile, "nats-creds", "", "NATS credentials file (JWT and seed); optional")
+	fs.StringVar(&cfg.NATS.Stream, "nats-stream", cluster.DefaultStream, "JetStream stream the usages are forwarded to")
+	fs.StringVar(&cfg.NATS.Subject, "nats-subject", cluster.DefaultSubject, "subject the usages are published on (the stream must take it)")
+	fs.IntVar(&cfg.NATS.Replicas, "nats-replicas", 1, "replicas of the stream when busyapi creates it (1 to 5)")
+	fs.BoolVar(&cfg.NATS.NoCreate, "nats-no-create", false, "never create the stream: forwarding waits, and says why, until it exists")
+	fs.StringVar(&cfg.NATS.IDBucket, "nats-id-bucket", cluster.DefaultIDBucket, "JetStream key-value bucket cluster-wide id blocks are leased from")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -149,7 +157,7 @@ func run(args []string) error {
 	c := srv.Config()
 	log.Info("busyapi listening", "addr", ln.Addr().String(), "tls", c.TLS != nil, "auth", c.Tokens != nil, "shards", c.Shards,
 		"ring_bytes", c.RingBytes, "cache_bytes", c.CacheBytes, "ack", c.Ack, "max_body", c.MaxBodyBytes,
-		"data_dir", c.DataDir)
+		"data_dir", c.DataDir, "nats", c.NATS.Enabled())
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -27,7 +27,8 @@ func (s *Server) healthz(ctx *fasthttp.RequestCtx) {
 }
 
 // readyz answers GET /readyz: 200 {"status":"ok"} when the server can store
-// usages (the log is recovered and every shard can write it), else 503 with
+// usages (the log is recovered and every shard can write it; in scale-out
+// mode the body adds the forward lag, which never makes it unready), else 503 with
 // Retry-After and a JSON error saying why (readiness: take the instance out
 // of a load balancer meanwhile). During Shutdown it answers 503.
 func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
@@ -43,7 +44,7 @@ func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
-	ctx.Response.SetBody(strStatusOK)
+	s.readyBody(ctx)
 }
 
 // notReady returns why the server cannot take usages now, or nil.

@@ -233,6 +233,9 @@ func (s *Server) writeStats(w io.Writer) {
 		metrics.WriteGaugeUint64(w, "busyapi_log_indexed_records", uint64(ws.Indexed))
 		metrics.WriteGaugeUint64(w, "busyapi_log_failed_shards", uint64(ws.Failed))
 	}
+	if s.fwd != nil {
+		writeClusterStats(w, &st)
+	}
 }
 
 func counter(w io.Writer, name string, v uint64) { metrics.WriteCounterUint64(w, name, v) }

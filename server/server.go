@@ -22,6 +22,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/busyapi/busyapi/auth"
+	"github.com/busyapi/busyapi/cluster"
 	"github.com/busyapi/busyapi/shard"
 	"github.com/busyapi/busyapi/store"
 	"github.com/busyapi/busyapi/wal"
@@ -115,6 +116,10 @@ type Config struct {
 	// status, duration, remote address) at info level: 1 logs every
 	// request, 0 (the default) none.
 	AccessLogSample int
+	// NATS turns on scale-out mode when its URLs are set: every usage of
+	// the log is forwarded to a JetStream stream exactly once (package
+	// cluster). Needs a DataDir.
+	NATS cluster.Config
 }
 
 func (c *Config) setDefaults() error {
@@ -190,6 +195,14 @@ func (c *Config) setDefaults() error {
 	if c.AccessLogSample < 0 {
 		return fmt.Errorf("access log sample %d is negative: use 0 (off), 1 (every request) or N (one in N)", c.AccessLogSample)
 	}
+	if c.NATS.Enabled() {
+		if c.DataDir == "" {
+			return errors.New("scale-out mode (--nats) forwards the durable log: set --data-dir")
+		}
+		if err := c.NATS.SetDefaults(); err != nil {
+			return err
+		}
+	}
 	if c.TLS != nil {
 		t := c.TLS.Clone()
 		if len(t.NextProtos) == 0 {
@@ -228,6 +241,11 @@ type Server struct {
 	requests atomic.Uint64 // for access log sampling only
 	closed   atomic.Bool
 	ready    atomic.Bool // the log is recovered and the shards run
+
+	// Scale-out mode (cluster.go); nil otherwise.
+	nats              *cluster.Conn
+	fwd               *cluster.Forwarder
+	idLeaseRoundTrips atomic.Uint64 // round trips of the cluster id source to its bucket
 
 	// testHook, when set (by tests only), runs first in every request.
 	testHook func(*fasthttp.RequestCtx)
@@ -286,7 +304,14 @@ func New(cfg Config) (*Server, error) {
 			s.log.Warn("damaged segments were moved aside", "segments", rec.Repaired, "dropped_records", rec.DroppedRecords)
 		}
 	}
+	if cfg.NATS.Enabled() {
+		if err := s.startCluster(&scfg); err != nil {
+			_ = s.wal.Close()
+			return nil, err
+		}
+	}
 	s.set = shard.New(scfg)
+	s.startForwarding()
 	s.meters.set.RegisterMetricsWriter(s.writeStats)
 	if s.wal != nil && cfg.Retention > 0 {
 		s.bg.Add(1)
@@ -356,6 +381,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	close(s.stop)
 	s.bg.Wait()
 	s.set.Close()
+	if cerr := s.stopCluster(ctx); cerr != nil && err == nil {
+		err = cerr
+	}
 	if s.wal != nil {
 		if cerr := s.wal.Close(); cerr != nil {
 			s.log.Error("cannot close the log", "err", cerr)
@@ -373,7 +401,7 @@ func (s *Server) retention() {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
-		n, err := s.wal.ApplyRetention(s.cfg.Retention, nil)
+		n, err := s.wal.ApplyRetention(s.cfg.Retention, s.forwardKeep())
 		if err != nil {
 			s.log.Error("retention failed", "err", err)
 		} else if n > 0 {
@@ -395,6 +423,10 @@ type Stats struct {
 	Panics   uint64             // handler panics, answered 500
 	Shard    shard.Stats
 	Cache    store.CacheStats
+	// Scale-out mode only: forwarding to the stream, and the round trips
+	// of the cluster id source to its key-value bucket.
+	Forward           cluster.Stats
+	IDLeaseRoundTrips uint64
 }
 
 // UpdateStats fills st.
@@ -408,6 +440,10 @@ func (s *Server) UpdateStats(st *Stats) {
 	st.Shard = shard.Stats{RingUsed: st.Shard.RingUsed}
 	s.set.UpdateStats(&st.Shard)
 	s.cache.UpdateStats(&st.Cache)
+	if s.fwd != nil {
+		s.fwd.UpdateStats(&st.Forward)
+		st.IDLeaseRoundTrips = s.idLeaseRoundTrips.Load()
+	}
 }
 
 // fasthttpLogger sends fasthttp's own messages (connection errors and the

@@ -335,8 +335,12 @@ func (s *Set) drainer(i int) {
 		if pos > r.flushed.Load() {
 			r.BeginBatch(pos)
 			if err := s.sink.Flush(i); err != nil {
+				// Mark the shard failed before releasing the batch's
+				// waiters: once a worker answers 503, the shard is
+				// seen as failed (Failed, /readyz).
+				first := !s.failed[i].v.Swap(true)
 				r.Fail(start, pos)
-				if !s.failed[i].v.Swap(true) {
+				if first {
 					lastTry = time.Now()
 					if s.onErr != nil {
 						s.onErr(i, err)

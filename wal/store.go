@@ -51,6 +51,8 @@ type Store struct {
 
 	export exportMark
 
+	usages []atomic.Uint64 // per shard log: usage records flushed (see Usages)
+
 	bytesWritten atomic.Uint64
 	closed       atomic.Bool
 }
@@ -101,6 +103,7 @@ func Open(opts Options) (*Store, Recovery, error) {
 	if onDisk := shardDirs(opts.Dir); onDisk > n {
 		n = onDisk
 	}
+	s.usages = make([]atomic.Uint64, n)
 	for i := 0; i < n; i++ {
 		i := i
 		l, st, err := OpenLog(shardDir(opts.Dir, i), opts.SegmentBytes, opts.Sync, opts.Repair,
@@ -112,6 +115,7 @@ func Open(opts Options) (*Store, Recovery, error) {
 					return
 				}
 				s.index.Set(id, i, pos)
+				s.usages[i].Add(1)
 			})
 		if err != nil {
 			return fail(err)
@@ -198,9 +202,11 @@ func (s *Store) Flush(shard int) error {
 	if err != nil {
 		s.logs[shard].Discard()
 	} else {
+		usages := uint64(0)
 		for i := 0; i < len(p); i += 2 {
 			if p[i] != 0 {
 				s.index.Set(p[i], shard, p[i+1])
+				usages++
 			}
 		}
 		if err = s.logs[shard].Flush(); err != nil {
@@ -209,6 +215,8 @@ func (s *Store) Flush(shard int) error {
 					s.index.Delete(p[i])
 				}
 			}
+		} else if usages > 0 {
+			s.usages[shard].Add(usages)
 		}
 	}
 	if s.onFlush != nil && len(p) > 0 {
@@ -217,6 +225,25 @@ func (s *Store) Flush(shard int) error {
 	s.pending[shard] = p[:0]
 	return err
 }
+
+// ReadFrom reads shard log i from pos, a record boundary (0, or a position
+// it returned), as Log.ReadFrom does: fn gets every flushed record after pos
+// in log order, meta records (id 0) included, until it returns false. It
+// returns the position after the last record passed to fn. It is safe to
+// call while the shard's drainer appends.
+func (s *Store) ReadFrom(i int, pos uint64, buf []byte, fn func(id uint64, body []byte) bool) (uint64, []byte, error) {
+	return s.logs[i].ReadFrom(pos, buf, fn)
+}
+
+// End returns the position just past shard log i's last flushed record.
+func (s *Store) End(i int) uint64 { return s.logs[i].End() }
+
+// Usages returns how many usage records (meta records not counted) shard
+// log i holds from Open on: those recovered, plus those flushed since. It
+// grows just after a flush makes its records readable, so a reader that
+// has just read a record may see the count a moment later. Retention does
+// not lower it.
+func (s *Store) Usages(i int) uint64 { return s.usages[i].Load() }
 
 // Recover tries to make shard's log writable again after a failure.
 func (s *Store) Recover(shard int) error { return s.logs[shard].Recover() }

@@ -349,3 +349,45 @@ func TestMetaRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreUsagesAndReadFrom: Usages counts usage records, not meta
+// records, from recovery on; Store.ReadFrom hands out both, and ends at End.
+func TestStoreUsagesAndReadFrom(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, true, false)
+	appendIDs(t, s, 1, 100, 7)
+	s.Append(0, 0, []byte(`{"meta":1}`))
+	s.Append(0, 101, testBody(101))
+	if err := s.Flush(0); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Usages(0); n != 101 {
+		t.Fatalf("Usages = %d, want 101", n)
+	}
+	read := func(s *Store) (usages, metas int, end uint64) {
+		end, _, err := s.ReadFrom(0, 0, nil, func(id uint64, body []byte) bool {
+			if id == 0 {
+				metas++
+			} else {
+				usages++
+			}
+			return true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return usages, metas, end
+	}
+	if u, m, end := read(s); u != 101 || m != 1 || end != s.End(0) {
+		t.Fatalf("ReadFrom: %d usages, %d meta records, end %d (End %d)", u, m, end, s.End(0))
+	}
+	s.Close()
+	s = openStore(t, dir, true, false)
+	defer s.Close()
+	if n := s.Usages(0); n != 101 {
+		t.Fatalf("Usages after reopening = %d, want 101", n)
+	}
+	if u, m, end := read(s); u != 101 || m != 1 || end != s.End(0) {
+		t.Fatalf("ReadFrom after reopening: %d usages, %d meta records, end %d (End %d)", u, m, end, s.End(0))
+	}
+}
