@@ -185,6 +185,9 @@ func (k *conn) runClosed() {
 	p := r.cfg.Pipeline
 	l := &k.l
 	defer k.sh.flush(l)
+	if d := r.t0 - mono(); d > 0 {
+		time.Sleep(time.Duration(d))
+	}
 	for {
 		now := mono()
 		if now >= r.end || r.halt.Load() {

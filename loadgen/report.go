@@ -65,28 +65,26 @@ func svgBytes(p *charts.Painter) (template.HTML, error) {
 	return template.HTML(b), nil // the library's own SVG, with no user text but labels it escapes
 }
 
-// spectrum is the latency percentile spectrum: the latency at percentiles
-// spaced evenly on a log scale of 1/(1-q), 0% to 99.999%, as far as the
-// number of latencies supports.
+// spectrumAt are the percentiles of the spectrum chart: about evenly
+// spaced on a log scale of 1/(1-q), as HdrHistogram's plots are.
+var spectrumAt = []float64{0, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999}
+
+// spectrum is the latency percentile spectrum: the latency at each of
+// spectrumAt that the number of latencies supports, and the maximum.
 func spectrum(r *Result) (labels []string, values []float64) {
 	h := r.hist
 	if h == nil || h.TotalCount() == 0 {
 		return nil, nil
 	}
-	top := math.Min(5, math.Floor(math.Log10(float64(h.TotalCount()))))
-	for x := 0.0; x <= top+1e-9; x += 0.25 {
-		q := 100 * (1 - math.Pow(10, -x))
-		values = append(values, ms(h.ValueAtQuantile(q)))
+	for _, q := range spectrumAt {
+		if float64(h.TotalCount())*(100-q)/100 < 1 {
+			break
+		}
 		labels = append(labels, strconv.FormatFloat(q, 'f', -1, 64)+"%")
+		values = append(values, ms(h.ValueAtQuantile(q)))
 	}
 	labels = append(labels, "max")
 	values = append(values, r.Latency.Max)
-	// Round the labels: 68.3772233983162% reads better as 68.38%.
-	for i, l := range labels {
-		if q, err := strconv.ParseFloat(l[:len(l)-1], 64); err == nil {
-			labels[i] = strconv.FormatFloat(q, 'g', 5, 64) + "%"
-		}
-	}
 	return labels, values
 }
 
