@@ -440,7 +440,7 @@ func (k *conn) runOpenPipelined() {
 // counts it, until the window is closed, or an error (then it closes nc).
 func (k *conn) read(nc net.Conn, s *session) {
 	defer close(s.done)
-	l := newLocal()
+	l := newLocal(1)
 	defer k.sh.flush(&l)
 	r := k.r
 	for due := range s.window {

@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					sh:      r.shards[i%nShards],
 					bufSize: bufSize,
 					k:       (i * 7919) % r.ring.n,
-					l:       newLocal(),
+					l:       newLocal(cfg.Pipeline),
 					bell:    make(chan struct{}, 1),
 				}
 				k.phase = int64((float64(order[i]) + rand.Float64()) / float64(cfg.Connections) * r.interval)

@@ -82,7 +82,8 @@ func (c *counters) errorCount() (n uint64) {
 }
 
 // local is what a connection has measured since it last flushed to its
-// shard. Its slices are allocated once.
+// shard: at most one round of pipeline requests, so its slices, allocated
+// with that capacity, never grow.
 type local struct {
 	lat      []int64  // latency of every response (for the per-second series)
 	measured []int64  // latency of the measured requests' responses
@@ -91,19 +92,13 @@ type local struct {
 	c        counters
 }
 
-const localCap = 256
-
-func newLocal() local {
+func newLocal(pipeline int) local {
 	return local{
-		lat:      make([]int64, 0, localCap),
-		measured: make([]int64, 0, localCap),
-		lag:      make([]int64, 0, localCap),
-		codes:    make([]uint16, 0, localCap),
+		lat:      make([]int64, 0, pipeline),
+		measured: make([]int64, 0, pipeline),
+		lag:      make([]int64, 0, pipeline),
+		codes:    make([]uint16, 0, pipeline),
 	}
-}
-
-func (l *local) full() bool {
-	return len(l.lat) == cap(l.lat) || len(l.lag) == cap(l.lag)
 }
 
 // shard holds the counts and histograms of some connections, behind a
