@@ -62,6 +62,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Batch, "batch", 0, "usages per request, posted as NDJSON to /api/usages/batch (0: one usage per request to /api/usages)")
 	payload := fs.String("payload", "", "file of usages, one JSON object per line, cycled (default: generated, varied usages)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the generated usages")
+	fs.Func("header", "extra request header \"Name: value\", e.g. \"Authorization: Bearer TOKEN\"; repeatable", func(s string) error {
+		cfg.Headers = append(cfg.Headers, s)
+		return nil
+	})
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
 	report := fs.String("report", "", "write a self-contained HTML report with charts to this file")
 	progress := fs.String("progress", "auto", "live progress on stderr: auto (a bar on a terminal, else lines), bar, lines or off")

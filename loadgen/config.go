@@ -53,6 +53,9 @@ type Config struct {
 	// otherwise usages are generated from Seed.
 	Payload [][]byte
 	Seed    uint64
+	// Headers are extra request header lines ("Name: value"), e.g. an
+	// Authorization header for a server that wants a token.
+	Headers []string
 	// Timeout is the longest wait for an answer; longer is an error.
 	Timeout time.Duration
 	// Drain is how long, after the schedule ends, open-loop connections
@@ -115,6 +118,16 @@ func (c *Config) validate() (*target, error) {
 		return nil, errors.New("dial concurrency must be at least 1")
 	case c.Pacer != "timerfd" && c.Pacer != "sleep":
 		return nil, fmt.Errorf("pacer %q: use timerfd or sleep", c.Pacer)
+	}
+	for _, h := range c.Headers {
+		name, _, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(h, "\r\n") || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("header %q: use \"Name: value\" on one line", h)
+		}
+		switch strings.ToLower(name) {
+		case "host", "content-length", "transfer-encoding", "connection":
+			return nil, fmt.Errorf("header %q: the generator sets %s itself", h, name)
+		}
 	}
 	u, err := url.Parse(c.URL)
 	if err != nil {

@@ -361,3 +361,19 @@ func TestInterrupt(t *testing.T) {
 		t.Errorf("achieved %.0f req/s over the shortened window, want about 100", res.AchievedRate)
 	}
 }
+
+// TestHeader: --header adds a request header, for servers that want a
+// token; a malformed one is a usage error.
+func TestHeader(t *testing.T) {
+	srv := newTestServer(t, nil)
+	code, out, errOut := mainRun("--url", srv.url(), "--header", "Authorization: Bearer s3cret", "--duration", "100ms",
+		"--warmup", "0s", "--progress", "off")
+	if code != ExitPass || srv.auth.Load() != "Bearer s3cret" {
+		t.Errorf("exit status %d, server saw Authorization %v\n%s\n%s", code, srv.auth.Load(), out, errOut)
+	}
+	for _, bad := range []string{"NoColon", "Host: x", "Bad Name: x"} {
+		if code, _, errOut := mainRun("--header", bad); code != ExitUsage || !strings.Contains(errOut, "header") {
+			t.Errorf("--header %q: exit status %d: %s", bad, code, errOut)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -156,15 +157,27 @@ func (r *ring) window(k, m int) []byte { return r.buf[r.off[k]:r.off[k+m]] }
 // requests to vary, few enough to stay in cache at 10,000 connections.
 const ringBudget = 16 << 20
 
-// newRing formats the requests: POST path with host, B usages per request
-// (B = batch, or 1 for single usages), from lines (cycled) or generated.
-func newRing(host, path string, batch, pipeline int, lines [][]byte, seed uint64) *ring {
+// newRing formats the requests: POST path with host and the extra headers,
+// B usages per request (B = batch, or 1 for single usages), from lines
+// (cycled) or generated.
+func newRing(host, path string, headers []string, batch, pipeline int, lines [][]byte, seed uint64) *ring {
 	per := max(batch, 1)
 	ctype := "application/json"
 	if batch > 0 {
 		ctype = "application/x-ndjson"
 	}
-	head := "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nUser-Agent: busyapi-bench\r\nContent-Type: " + ctype + "\r\nContent-Length: "
+	head := "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nUser-Agent: busyapi-bench\r\n"
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		head += name + ": " + strings.TrimSpace(value) + "\r\n"
+		if strings.EqualFold(name, "Content-Type") {
+			ctype = ""
+		}
+	}
+	if ctype != "" {
+		head += "Content-Type: " + ctype + "\r\n"
+	}
+	head += "Content-Length: "
 	var n int
 	if lines != nil {
 		n = (len(lines) + per - 1) / per

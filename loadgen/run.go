@@ -37,7 +37,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r := &runner{
 		cfg:    &cfg,
 		t:      t,
-		ring:   newRing(t.host, t.path, cfg.Batch, cfg.Pipeline, cfg.Payload, cfg.Seed),
+		ring:   newRing(t.host, t.path, cfg.Headers, cfg.Batch, cfg.Pipeline, cfg.Payload, cfg.Seed),
 		batch:  cfg.Batch > 0,
 		usages: max(cfg.Batch, 1),
 		open:   cfg.Rate > 0,

@@ -38,6 +38,7 @@ type testServer struct {
 	nextID     atomic.Uint64
 	stallUntil atomic.Int64 // mono time
 	maxBurst   atomic.Int64 // most requests read back to back from one connection's buffer
+	auth       atomic.Value // the last Authorization header
 
 	mu    sync.Mutex
 	paths map[string]int // "METHOD path content-type" seen
@@ -159,6 +160,8 @@ func (s *testServer) readRequest(br *bufio.Reader) (usages int, batch bool, err 
 			length, _ = strconv.Atoi(strings.TrimSpace(v))
 		case "content-type":
 			ctype = strings.TrimSpace(v)
+		case "authorization":
+			s.auth.Store(strings.TrimSpace(v))
 		}
 	}
 	body := make([]byte, length)

@@ -227,7 +227,7 @@ func TestRing(t *testing.T) {
 		{3, 2, [][]byte{[]byte(`{"a":1}`), []byte(`{"a":2}`)}},
 		{0, 3, [][]byte{[]byte(`{"a":1}`)}},
 	} {
-		r := newRing("h:1", "/p", tc.batch, tc.pipeline, tc.lines, 1)
+		r := newRing("h:1", "/p", []string{"Authorization: Bearer x"}, tc.batch, tc.pipeline, tc.lines, 1)
 		per := max(tc.batch, 1)
 		for k := 0; k < r.n; k++ {
 			w := r.window(k, tc.pipeline)
@@ -237,7 +237,7 @@ func TestRing(t *testing.T) {
 				if line != "POST /p HTTP/1.1\r\n" {
 					t.Fatalf("request line %q", line)
 				}
-				length := -1
+				length, headers := -1, 0
 				for {
 					h, _ := br.ReadString('\n')
 					if h == "\r\n" {
@@ -246,6 +246,10 @@ func TestRing(t *testing.T) {
 					if v, ok := strings.CutPrefix(h, "Content-Length: "); ok {
 						length, _ = strconv.Atoi(strings.TrimSpace(v))
 					}
+					headers++
+				}
+				if headers != 5 { // Host, User-Agent, Authorization, Content-Type, Content-Length
+					t.Fatalf("%d header lines", headers)
 				}
 				body := make([]byte, length)
 				if n, _ := io.ReadFull(br, body); n != length {
