@@ -68,6 +68,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	})
 	jsonOut := fs.Bool("json", false, "print the summary as JSON")
 	report := fs.String("report", "", "write a self-contained HTML report with charts to this file")
+	chartDir := fs.String("charts", "", "write the report's charts as SVG files into this directory")
 	progress := fs.String("progress", "auto", "live progress on stderr: auto (a bar on a terminal, else lines), bar, lines or off")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "longest wait for an answer; longer is a timeout error")
 	fs.DurationVar(&cfg.Drain, "drain", cfg.Drain, "open loop: how long after the schedule ends connections that fell behind may still send; requests unsent then fail the run")
@@ -172,6 +173,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return ExitFail
 		}
 		fmt.Fprintf(stderr, "busyapi bench: report written to %s\n", *report)
+	}
+	if *chartDir != "" {
+		if err := WriteChartFiles(*chartDir, res); err != nil {
+			fmt.Fprintln(stderr, "busyapi bench: charts:", err)
+			return ExitFail
+		}
+		fmt.Fprintf(stderr, "busyapi bench: charts written to %s\n", *chartDir)
 	}
 	if !res.OK {
 		return ExitFail

@@ -148,13 +148,14 @@ func TestDuplicateIDs(t *testing.T) {
 }
 
 // TestReport: --report writes one self-contained HTML file with the four
-// charts as inline SVG; progress lines go to stderr when it is not a
-// terminal.
+// charts as inline SVG, and --charts the same charts as SVG files; progress
+// lines go to stderr when it is not a terminal.
 func TestReport(t *testing.T) {
 	srv := newTestServer(t, nil)
 	file := filepath.Join(t.TempDir(), "report.html")
+	chartDir := filepath.Join(t.TempDir(), "charts")
 	code, out, errOut := mainRun("--url", srv.url(), "--rate", "300", "--connections", "8", "--duration", "1200ms",
-		"--warmup", "0s", "--report", file)
+		"--warmup", "0s", "--report", file, "--charts", chartDir)
 	if code != ExitPass {
 		t.Fatalf("exit status %d\n%s\n%s", code, out, errOut)
 	}
@@ -188,6 +189,13 @@ func TestReport(t *testing.T) {
 	}
 	if !strings.Contains(html, "PASS") || !strings.HasPrefix(html, "<!DOCTYPE html>") {
 		t.Errorf("report lacks its verdict or doctype")
+	}
+	// --charts: the same charts as SVG files.
+	for _, name := range []string{"throughput.svg", "latency.svg", "percentiles.svg", "distribution.svg"} {
+		b, err := os.ReadFile(filepath.Join(chartDir, name))
+		if err != nil || !bytes.HasPrefix(b, []byte(`<svg xmlns="http://www.w3.org/2000/svg"`)) {
+			t.Errorf("%s: %v %.60q", name, err, b)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"time"
@@ -21,7 +22,7 @@ const (
 )
 
 // chart renders a line chart as SVG.
-func lineChart(title, yTitle string, labels []string, names []string, values [][]float64) (template.HTML, error) {
+func lineChart(title, yTitle string, labels []string, names []string, values [][]float64) ([]byte, error) {
 	opt := charts.NewLineChartOptionWithData(values)
 	opt.Title.Text = title
 	opt.XAxis.Labels = labels
@@ -33,12 +34,12 @@ func lineChart(title, yTitle string, labels []string, names []string, values [][
 	opt.LineStrokeWidth = 1.5
 	p := charts.NewPainter(charts.PainterOptions{OutputFormat: charts.ChartOutputSVG, Width: chartWidth, Height: chartHeight})
 	if err := p.LineChart(opt); err != nil {
-		return "", fmt.Errorf("chart %q: %w", title, err)
+		return nil, fmt.Errorf("chart %q: %w", title, err)
 	}
-	return svgBytes(p)
+	return p.Bytes()
 }
 
-func barChart(title, yTitle string, labels []string, values []float64) (template.HTML, error) {
+func barChart(title, yTitle string, labels []string, values []float64) ([]byte, error) {
 	opt := charts.NewBarChartOptionWithData([][]float64{values})
 	opt.Title.Text = title
 	opt.CategoryAxis.Labels = labels
@@ -46,23 +47,23 @@ func barChart(title, yTitle string, labels []string, values []float64) (template
 	opt.ValueAxis = []charts.ValueAxisOption{{Title: yTitle, Min: charts.Ptr(0.0)}}
 	p := charts.NewPainter(charts.PainterOptions{OutputFormat: charts.ChartOutputSVG, Width: chartWidth, Height: chartHeight})
 	if err := p.BarChart(opt); err != nil {
-		return "", fmt.Errorf("chart %q: %w", title, err)
+		return nil, fmt.Errorf("chart %q: %w", title, err)
 	}
-	return svgBytes(p)
+	return p.Bytes()
 }
 
 // xmlns matches the namespace declarations of an SVG document, which an
 // <svg> inlined in HTML does not need.
 var xmlns = regexp.MustCompile(` xmlns(:xlink)?="[^"]*"`)
 
-func svgBytes(p *charts.Painter) (template.HTML, error) {
-	b, err := p.Bytes()
-	if err != nil {
-		return "", err
+// inline makes a chart's SVG document an <svg> element for the report.
+func inline(svg []byte) template.HTML {
+	if svg == nil {
+		return ""
 	}
-	b = xmlns.ReplaceAll(b, nil)
+	b := xmlns.ReplaceAll(svg, nil)
 	b = bytes.Replace(b, []byte("<svg "), []byte(`<svg class="chart" `), 1)
-	return template.HTML(b), nil // the library's own SVG, with no user text but labels it escapes
+	return template.HTML(b) // the library's own SVG, whose text it escapes
 }
 
 // spectrumAt are the percentiles of the spectrum chart: about evenly
@@ -115,9 +116,10 @@ func distribution(r *Result) (labels []string, counts []float64) {
 	return labels, counts
 }
 
-// Charts are the report's charts, as inline SVG.
+// Charts are the report's charts, as SVG documents; Spectrum and
+// Histogram are nil when no latency was measured.
 type Charts struct {
-	Throughput, LatencyOverTime, Spectrum, Histogram template.HTML
+	Throughput, LatencyOverTime, Spectrum, Histogram []byte
 }
 
 // RenderCharts draws the report's charts: throughput and latency
@@ -206,8 +208,13 @@ func WriteReport(w io.Writer, r *Result, command string) error {
 	var sum bytes.Buffer
 	r.WriteText(&sum)
 	return reportTmpl.Execute(w, map[string]any{
-		"R":       r,
-		"C":       c,
+		"R": r,
+		"C": map[string]template.HTML{
+			"Throughput":      inline(c.Throughput),
+			"LatencyOverTime": inline(c.LatencyOverTime),
+			"Spectrum":        inline(c.Spectrum),
+			"Histogram":       inline(c.Histogram),
+		},
 		"Summary": sum.String(),
 		"When":    time.Now().Format("2006-01-02 15:04:05 MST"),
 		"Command": command,
@@ -221,4 +228,29 @@ func WriteReportFile(name string, r *Result, command string) error {
 		return err
 	}
 	return os.WriteFile(name, b.Bytes(), 0o644)
+}
+
+// WriteChartFiles writes the report's charts as SVG files into dir
+// (created if need be): throughput.svg, latency.svg, percentiles.svg and
+// distribution.svg, for pages that show images (BENCHMARKS.md).
+func WriteChartFiles(dir string, r *Result) error {
+	c, err := RenderCharts(r)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, svg := range map[string][]byte{
+		"throughput.svg": c.Throughput, "latency.svg": c.LatencyOverTime,
+		"percentiles.svg": c.Spectrum, "distribution.svg": c.Histogram,
+	} {
+		if svg == nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), svg, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
