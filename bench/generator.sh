@@ -14,7 +14,8 @@
 # table gives req/s and each generator's CPU use in percent of its core
 # (below 100% means it had time to spare, so the server was the limit).
 # Environment:
-#   DURATION     per run (default 5s; busyapi bench adds a 1s warmup)
+#   DURATION     per run, e.g. 30s or 1m (default 5s; busyapi bench adds a
+#                1s warmup)
 #   CONNECTIONS  keep-alive connections (default 64)
 #   PIPELINE     pipelining depth of the pipelined runs (default 16; wrk's
 #                bench/pipeline.lua is fixed at 16)
@@ -74,7 +75,10 @@ wrk_run() {
 		cat "$out" >&2
 		exit 1
 	fi
-	secs=$(awk '{ print $1 }' <<<"${DURATION%s}")
+	# DURATION in seconds: 30s, 2m or 1m30s.
+	secs=$(awk '{ t = 0; while (match($0, /^[0-9.]+[hms]/)) {
+		v = substr($0, 1, RLENGTH - 1); u = substr($0, RLENGTH, 1)
+		t += v * (u == "h" ? 3600 : u == "m" ? 60 : 1); $0 = substr($0, RLENGTH + 1) } print t }' <<<"$DURATION")
 	# times prints the children's user and system time on its second line.
 	cpu=$(awk -v d="$secs" 'NR == 2 {
 		split($1, u, /[ms]/); split($2, s, /[ms]/)
