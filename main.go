@@ -1,5 +1,8 @@
 // Command busyapi is an HTTP ingest server for usage events, compatible with
 // the original busyapi Express sample: POST /api/usages answers 201 {"id":N}.
+//
+// `busyapi bench` is its load generator (package loadgen): it drives any
+// busyapi-compatible server and reports what it measured.
 package main
 
 import (
@@ -21,10 +24,14 @@ import (
 
 	"github.com/busyapi/busyapi/auth"
 	"github.com/busyapi/busyapi/cluster"
+	"github.com/busyapi/busyapi/loadgen"
 	"github.com/busyapi/busyapi/server"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "bench" {
+		os.Exit(loadgen.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "busyapi:", err)
 		os.Exit(1)

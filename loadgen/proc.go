@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 // server, the load generator and everything else were during a run.
 type cpuTimes struct {
 	at      int64   // mono time of the sample
-	machine float64 // user+nice+system time of all tasks on all CPUs; -1 if unknown (not Linux)
+	machine float64 // user+nice+system+irq+softirq time of all CPUs; -1 if unknown (not Linux)
 	steal   float64 // time the hypervisor ran something else
 	server  float64 // user+system time of -pid; -1 if unknown
 	self    float64 // user+system time of this process
@@ -33,7 +33,10 @@ func readCPU(pid int) cpuTimes {
 				n, _ := strconv.ParseUint(string(f[i+1]), 10, 64)
 				v[i] = float64(n) / userHZ
 			}
-			c.machine = v[0] + v[1] + v[2]
+			// Loopback TCP runs largely in softirqs, which a process's
+			// own CPU time may include: count them, or the generator's
+			// time can exceed the machine's.
+			c.machine = v[0] + v[1] + v[2] + v[5] + v[6]
 			c.steal = v[7]
 		}
 	}
@@ -58,8 +61,10 @@ func readCPU(pid int) cpuTimes {
 	return c
 }
 
-// cpuUse is the CPU used between two samples, in percent of one core.
-type cpuUse struct {
+// CPUUse is the CPU used during the measured window, in percent of one
+// core: by the server (with --pid), the load generator, other processes and
+// the hypervisor (steal).
+type CPUUse struct {
 	Seconds float64 `json:"window_seconds"`
 	Server  float64 `json:"server_percent,omitempty"`
 	Load    float64 `json:"loadgen_percent"`
@@ -68,8 +73,8 @@ type cpuUse struct {
 	known   bool    // machine-wide numbers are available
 }
 
-func cpuBetween(a, b cpuTimes) cpuUse {
-	u := cpuUse{Seconds: float64(b.at-a.at) / 1e9}
+func cpuBetween(a, b cpuTimes) CPUUse {
+	u := CPUUse{Seconds: float64(b.at-a.at) / 1e9}
 	if u.Seconds <= 0 {
 		return u
 	}
@@ -86,4 +91,30 @@ func cpuBetween(a, b cpuTimes) cpuUse {
 		u.Steal = pct(b.steal - a.steal)
 	}
 	return u
+}
+
+// readRSS reads VmHWM (peak resident set) and VmRSS, in KiB, of a process.
+func readRSS(pid int) (hwm, rss uint64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		f := bytes.Fields(val)
+		if len(f) == 0 {
+			continue
+		}
+		n, _ := strconv.ParseUint(string(f[0]), 10, 64)
+		switch string(name) {
+		case "VmHWM":
+			hwm = n
+		case "VmRSS":
+			rss = n
+		}
+	}
+	return hwm, rss, nil
 }

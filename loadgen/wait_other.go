@@ -1,6 +1,6 @@
 //go:build !linux
 
-package main
+package loadgen
 
 // A waiter sleeps until a due time. Off Linux it uses time.Sleep, whose
 // resolution may add up to a millisecond of the load generator's own

@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"errors"
@@ -15,9 +15,13 @@ import (
 // and that lateness would be counted as server latency. The timerfd wakes
 // epoll_wait as an event, on time.
 type waiter struct {
-	f   *os.File
-	rc  syscall.RawConn
-	buf [8]byte
+	f      *os.File
+	rc     syscall.RawConn
+	buf    [8]byte
+	due    int64
+	armed  bool
+	failed bool
+	fn     func(fd uintptr) bool // w.onReadable, bound once
 }
 
 func newWaiter(precise bool) (*waiter, error) {
@@ -35,7 +39,9 @@ func newWaiter(precise bool) (*waiter, error) {
 		f.Close()
 		return nil, err
 	}
-	return &waiter{f: f, rc: rc}, nil
+	w := &waiter{f: f, rc: rc}
+	w.fn = w.onReadable
+	return w, nil
 }
 
 func (w *waiter) close() {
@@ -45,6 +51,10 @@ func (w *waiter) close() {
 }
 
 // spinBelow is how close to the due time wait spins instead of sleeping.
+// It must stay short: with one P a spinning pacer keeps the connections'
+// goroutines from running and the runtime from polling the network
+// (runtime.Gosched instead of spinning is worse: the run queue is never
+// empty, so the network is polled only every 10 ms).
 const spinBelow = 5000 // ns
 
 // wait returns at or just after due, a mono time.
@@ -58,32 +68,35 @@ func (w *waiter) wait(due int64) {
 		return
 	}
 	if d > spinBelow {
-		armed, failed := false, false
-		_ = w.rc.Read(func(fd uintptr) bool {
-			if !armed {
-				// Arm the timer only now, after RawRead has reset the
-				// poller's readiness: an expiry before the reset would be
-				// forgotten, and with edge-triggered epoll never reported
-				// again.
-				armed = true
-				rem := due - mono()
-				if rem <= 0 {
-					return true
-				}
-				spec := unix.ItimerSpec{Value: unix.NsecToTimespec(rem)}
-				if unix.TimerfdSettime(int(fd), 0, &spec, nil) != nil {
-					failed = true
-					return true
-				}
-				return false // wait for the expiry
-			}
-			_, err := unix.Read(int(fd), w.buf[:])
-			return !errors.Is(err, unix.EAGAIN)
-		})
-		if failed {
+		w.due, w.armed, w.failed = due, false, false
+		_ = w.rc.Read(w.fn)
+		if w.failed {
 			sleep(due - mono())
 		}
 	}
 	for mono() < due {
 	}
+}
+
+// onReadable is the RawConn.Read callback: it arms the timer on its first
+// call and reads the expiry on the next.
+func (w *waiter) onReadable(fd uintptr) bool {
+	if !w.armed {
+		// Arm the timer only now, after RawRead has reset the poller's
+		// readiness: an expiry before the reset would be forgotten, and
+		// with edge-triggered epoll never reported again.
+		w.armed = true
+		rem := w.due - mono()
+		if rem <= 0 {
+			return true
+		}
+		spec := unix.ItimerSpec{Value: unix.NsecToTimespec(rem)}
+		if unix.TimerfdSettime(int(fd), 0, &spec, nil) != nil {
+			w.failed = true
+			return true
+		}
+		return false // wait for the expiry
+	}
+	_, err := unix.Read(int(fd), w.buf[:])
+	return !errors.Is(err, unix.EAGAIN)
 }
