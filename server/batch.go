@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
@@ -13,6 +14,10 @@ import (
 )
 
 const pathBatch = "/api/usages/batch"
+
+// batchWait bounds how long a batch waits for room in its shard's queue
+// before it is answered 503.
+const batchWait = time.Second
 
 var (
 	strNDJSON  = []byte("application/x-ndjson")
@@ -124,8 +129,9 @@ func (s *Server) storeBatch(ctx *fasthttp.RequestCtx, b *shard.Batch, claim *ide
 	hint := ctx.ConnID()
 	ids, ticket, err := s.set.PutBatch(hint, b, (*ip)[:0])
 	// Batches are big and few: rather than refuse one because its shard
-	// has too many queued, wait for the drainer a few times.
-	for try := 0; try < 3 && errors.Is(err, shard.ErrFull); try++ {
+	// has too many queued, wait for the drainer, for up to a second, then
+	// answer 503.
+	for deadline := time.Now().Add(batchWait); errors.Is(err, shard.ErrFull) && time.Now().Before(deadline); {
 		s.set.WaitRoom(hint)
 		ids, ticket, err = s.set.PutBatch(hint, b, ids[:0])
 	}
