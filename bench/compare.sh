@@ -39,14 +39,11 @@ for tool in go wrk taskset; do
 done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-compare.XXXXXX")
-server_pid=
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 cleanup() {
-	if [[ -n $server_pid ]]; then
-		kill "$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-		server_pid=
-	fi
+	stop_server
 	if [[ ${KEEP_LOGS:-0} == 1 ]]; then
 		echo "compare.sh: logs kept in $tmp" >&2
 	else
@@ -56,50 +53,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "building into $tmp" >&2
-go build -o "$tmp/busyapi" .
-go build -o "$tmp/empty" ./bench/empty
-go build -o "$tmp/nethttp" ./bench/nethttp
-
-# port_open PORT: whether something accepts connections on 127.0.0.1:PORT.
-port_open() {
-	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# start NAME PORT CMD...: start a server pinned to SERVER_CPU and wait up to
-# 10 s for its port to open.
-start() {
-	local name=$1 port=$2
-	shift 2
-	if port_open "$port"; then
-		echo "compare.sh: port $port is already in use; cannot start $name" >&2
-		exit 1
-	fi
-	taskset -c "$SERVER_CPU" "$@" >"$tmp/$name.log" 2>&1 &
-	server_pid=$!
-	local i
-	for ((i = 0; i < 100; i++)); do
-		if ! kill -0 "$server_pid" 2>/dev/null; then
-			echo "compare.sh: $name exited at start; its log:" >&2
-			cat "$tmp/$name.log" >&2
-			server_pid=
-			exit 1
-		fi
-		if port_open "$port"; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "compare.sh: $name did not open port $port within 10s; its log:" >&2
-	cat "$tmp/$name.log" >&2
-	exit 1
-}
-
-stop() {
-	kill "$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=
-}
+build
 
 # bench NAME PORT SCRIPT: run wrk, print its req/s; fail on socket errors
 # or non-2xx answers.
@@ -125,10 +79,10 @@ run() {
 	local name=$1 port=$2
 	shift 2
 	echo "$name: starting on port $port (CPU $SERVER_CPU), wrk on CPU $LOAD_CPU, $DURATION per run" >&2
-	start "$name" "$port" "$@"
+	start_server "$name" "$port" "$@"
 	plain[$name]=$(bench "$name" "$port" bench/post.lua)
 	pipelined[$name]=$(bench "$name" "$port" bench/pipeline.lua)
-	stop
+	stop_server
 	echo "$name: ${plain[$name]} req/s plain, ${pipelined[$name]} req/s pipelined" >&2
 }
 
