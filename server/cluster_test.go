@@ -144,6 +144,9 @@ func TestScaleOutNATSDown(t *testing.T) {
 	if resp.StatusCode() != 503 || len(resp.Header.Peek("Retry-After")) == 0 || !strings.Contains(errorOf(t, resp), "reserving ids") {
 		t.Fatalf("POST before any cluster lease: %d %s", resp.StatusCode(), resp.Body())
 	}
+	if r := call(cold, "GET", "/readyz", "", nil); r.StatusCode() != 503 || !strings.Contains(errorOf(t, r), "no ids are reserved") {
+		t.Fatalf("readyz before any cluster lease: %d %s", r.StatusCode(), r.Body())
+	}
 	if err := cold.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ var (
 	errMethodHealth     = jsonError("method not allowed: use GET or HEAD")
 	errNotReadyStarting = jsonError("not ready: the log is being recovered; retry after the Retry-After delay")
 	errNotReadyShutdown = jsonError("not ready: the server is shutting down; send requests to another instance")
+	errNotReadyIDs      = jsonError("not ready: no ids are reserved (in scale-out mode, the cluster-wide id lease has not succeeded yet: is NATS reachable?); retry after the Retry-After delay")
 	errNotReadyLog      = jsonError("not ready: the log cannot be written (disk full or failing) on at least one shard; the server retries every second and is ready again once the disk is")
 )
 
@@ -59,6 +60,11 @@ func (s *Server) notReady() errBody {
 		if s.set.Failed(i) {
 			return errNotReadyLog
 		}
+	}
+	if ids := s.set.IDs(); ids.Remaining() == 0 && !ids.Pending() {
+		// In scale-out mode before the first cluster lease, or with the
+		// leased ranges used up while NATS is away: POSTs get 503.
+		return errNotReadyIDs
 	}
 	return nil
 }
