@@ -47,6 +47,9 @@ func (d *durableSink) Append(shard int, id uint64, body []byte) {
 	d.log.Append(shard, id, body)
 }
 
+// Group keeps a batch's records whole across a crash (wal groups).
+func (d *durableSink) Group(shard int, n int) { d.log.AppendGroup(shard, n) }
+
 func (d *durableSink) Flush(shard int) error {
 	n := d.records[shard]
 	d.records[shard] = 0

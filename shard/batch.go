@@ -157,6 +157,13 @@ func (s *Set) drainBatch(i int, slot uint64) int {
 	b := s.slots[i].slot[slot].Swap(nil)
 	s.slots[i].inUse.Add(-1)
 	n := len(b.ids)
+	if g, ok := s.sink.(Grouper); ok && (n > 1 || b.trailerBody != nil) {
+		k := n
+		if b.trailerBody != nil {
+			k++
+		}
+		g.Group(i, k)
+	}
 	for k, id := range b.ids {
 		s.sink.Append(i, id, b.Record(k))
 	}

@@ -68,6 +68,13 @@ type Config struct {
 	LeaseBlocks func(n uint64) (uint64, error)
 }
 
+// Grouper is implemented by sinks that keep the records of one PutBatch
+// batch together: Group(shard, n) comes right before the batch's n records
+// (its trailer included), in the same flush.
+type Grouper interface {
+	Group(shard int, n int)
+}
+
 // Recoverer is implemented by sinks that can leave a failed state.
 type Recoverer interface {
 	Recover(shard int) error

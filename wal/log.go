@@ -202,7 +202,8 @@ func readValid(f *os.File, base uint64, buf []byte, visit func(id, pos uint64, b
 	if err != nil {
 		return buf, 0, 0, err
 	}
-	valid, n := scan(buf, base, visit, st)
+	var gs scanState
+	valid, n := scan(buf, base, visit, st, &gs)
 	// readAll stops at the last non-zero byte, but a record may end in
 	// zero bytes (a sync mark's high bytes, a binary body): read on to the
 	// length its header declares, as far as the file goes.
@@ -221,11 +222,15 @@ func readValid(f *os.File, base uint64, buf []byte, visit func(id, pos uint64, b
 		if _, err := f.ReadAt(buf[old:], int64(old)); err != nil {
 			return buf, 0, 0, err
 		}
-		v, m := scan(buf[valid:], base+uint64(valid), visit, st)
+		v, m := scan(buf[valid:], base+uint64(valid), visit, st, &gs)
 		if v == 0 {
 			break
 		}
 		valid, n = valid+v, n+m
+	}
+	if gs.open > 0 {
+		// A group cut short: the valid prefix ends before its header.
+		valid = int(gs.start - base)
 	}
 	if valid < len(buf) && allZero(buf[valid:]) {
 		buf = buf[:valid] // only free, preallocated space follows
@@ -251,24 +256,87 @@ func tornBatch(buf []byte, base uint64, valid int) bool {
 	return true
 }
 
+// Groups. A group header is a meta record (id 0) whose body is groupTag and
+// then the number of records of the group, uint32 little endian: the records
+// of one batch that must be kept whole or not at all (Store.AppendGroup).
+// Recovery keeps a group only once all its records are in the valid prefix;
+// a group cut short (a crash in the middle of its write) ends the valid
+// prefix at its header, so the torn tail goes from there.
+const (
+	groupTag        = 2
+	groupHeaderSize = 5
+)
+
+func groupHeader(n int) []byte {
+	b := make([]byte, groupHeaderSize)
+	b[0] = groupTag
+	binary.LittleEndian.PutUint32(b[1:], uint32(n))
+	return b
+}
+
+// groupSize returns the record count of a group header, or 0 if id and body
+// are not one.
+func groupSize(id uint64, body []byte) int {
+	if id != 0 || len(body) != groupHeaderSize || body[0] != groupTag {
+		return 0
+	}
+	return int(binary.LittleEndian.Uint32(body[1:]))
+}
+
+// scanState is what scan carries from one call to the next over one
+// segment: the open group and the records of it held back from visit.
+type scanState struct {
+	open  int    // records of the open group still to come; 0: none open
+	start uint64 // log position of the open group's header
+	held  []heldRecord
+}
+
+type heldRecord struct {
+	id, pos uint64
+	body    []byte
+}
+
 // scan visits the valid prefix of a segment and returns its length and the
 // number of records in it. A record whose sync mark lies above its own
-// position cannot have been written by Flush and ends the prefix.
-func scan(buf []byte, base uint64, visit func(id, pos uint64, body []byte), st *RecoveryStats) (int, int) {
+// position cannot have been written by Flush and ends the prefix. The
+// records of a group are visited once the group is complete; gs says
+// whether one is still open where the prefix ends.
+func scan(buf []byte, base uint64, visit func(id, pos uint64, body []byte), st *RecoveryStats, gs *scanState) (int, int) {
 	off, n := 0, 0
+	release := func() {
+		for _, r := range gs.held {
+			if visit != nil {
+				visit(r.id, r.pos, r.body)
+			}
+		}
+		n += len(gs.held)
+		gs.held = gs.held[:0]
+	}
 	for off < len(buf) {
 		id, body, size, err := DecodeRecord(buf[off:])
 		if err != nil || markOf(buf[off:]) > base+uint64(off) {
 			break
 		}
-		if visit != nil {
-			visit(id, base+uint64(off), body)
-		}
+		pos := base + uint64(off)
 		if id > st.MaxID {
 			st.MaxID = id
 		}
+		switch k := groupSize(id, body); {
+		case k > 0 && gs.open == 0:
+			gs.open, gs.start = k, pos
+			gs.held = append(gs.held, heldRecord{id, pos, body})
+		case gs.open > 0:
+			gs.held = append(gs.held, heldRecord{id, pos, body})
+			if gs.open--; gs.open == 0 {
+				release()
+			}
+		default:
+			if visit != nil {
+				visit(id, pos, body)
+			}
+			n++
+		}
 		off += size
-		n++
 	}
 	st.Records += n
 	return off, n

@@ -189,6 +189,13 @@ func (s *Store) Append(shard int, id uint64, body []byte) {
 	s.bytesWritten.Add(uint64(RecordSize(len(body))))
 }
 
+// AppendGroup adds a group header to shard's open batch: the next n
+// records appended (a batch of usages and its meta records) are recovered
+// whole or not at all after a crash in the middle of their write.
+func (s *Store) AppendGroup(shard int, n int) {
+	s.Append(shard, 0, groupHeader(n))
+}
+
 // Flush ends shard's batch: one write and, in sync mode, one fdatasync.
 // A batch fails as a whole: if one of its Appends failed, none of it is
 // written. The records are indexed just before the log makes them readable
