@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -80,20 +81,33 @@ type Forwarder struct {
 	// each batch is acknowledged and before the cursor moves; true makes
 	// the loop stop as if the process died there.
 	maxBatch      int
+	js            jetstream.JetStream // for stream management (ensureStream)
 	crashAfterAck func() bool
 	crashed       bool // set by crashAfterAck's caller: Close writes nothing
 }
 
 // slot is one batch in flight, on its own JetStream context.
 type slot struct {
-	js     jetstream.JetStream
-	acked  atomic.Uint64 // acks of the batch, counted by the context's callbacks
-	dups   atomic.Uint64
-	pubErr atomic.Pointer[error]
-	b      batch
-	start  time.Time // when the batch was read
-	sent   int       // messages handed to the client
-	err    error     // why handing a message to the client failed
+	// Acks come back to inbox.<round> on the slot's own subscription; a
+	// round is one batch, so a late ack of an earlier one is not counted.
+	// This costs a fraction of JetStream's asynchronous publish (a future,
+	// a map entry and a JSON decoding per message): on one core the
+	// forwarder competes with the HTTP workers.
+	nc       *nats.Conn
+	sub      *nats.Subscription
+	inbox    string
+	reply    atomic.Pointer[string] // inbox.<round> of the batch in flight
+	round    uint64
+	expected atomic.Int64 // acks the batch waits for
+	done     atomic.Pointer[chan struct{}]
+	acked    atomic.Uint64 // acks of the batch
+	nacked   atomic.Uint64 // error answers of the batch
+	dups     atomic.Uint64
+	pubErr   atomic.Pointer[error]
+	b        batch
+	start    time.Time // when the batch was read
+	sent     int       // messages handed to the client
+	err      error     // why handing a message to the client failed
 }
 
 // batch is a batch of messages read from the log.
@@ -159,21 +173,14 @@ func NewForwarder(store *wal.Store, dir string, conn *Conn, log *slog.Logger) (*
 		caughtUp = time.Now().UnixNano()
 	}
 	f.caughtUp.Store(caughtUp)
+	if f.js, err = conn.JetStream(); err != nil {
+		mark.close()
+		return nil, err
+	}
 	for range pipeline {
 		sl := &slot{b: batch{next: make([]uint64, n), count: make([]uint64, n), reusable: true}}
-		sl.js, err = conn.JetStream(
-			jetstream.WithPublishAsyncMaxPending(maxBatch),
-			jetstream.WithPublishAsyncTimeout(ackTimeout),
-			jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, _ *nats.Msg, ack *jetstream.PubAck) {
-				sl.acked.Add(1)
-				if ack.Duplicate {
-					sl.dups.Add(1)
-				}
-			}),
-			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
-				sl.pubErr.CompareAndSwap(nil, &err)
-			}),
-		)
+		sl.nc, sl.inbox = conn.NC, nats.NewInbox()
+		sl.sub, err = conn.NC.Subscribe(sl.inbox+".*", sl.onAck)
 		if err != nil {
 			mark.close()
 			return nil, err
@@ -453,7 +460,7 @@ func (f *Forwarder) clearProblem() {
 func (f *Forwarder) ensureStream() error {
 	ctx, cancel := context.WithTimeout(f.ctx, apiTimeout)
 	defer cancel()
-	js := f.slots[0].js
+	js := f.js
 	st, err := js.Stream(ctx, f.cfg.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if f.cfg.NoCreate {
@@ -597,20 +604,67 @@ func (f *Forwarder) read(b *batch, from []uint64) error {
 	return nil
 }
 
-// publish hands sl's messages to the client, which publishes them
-// asynchronously; it stops at the first that fails (sl.err).
+var (
+	ackPrefix = []byte(`{"stream":`)
+	ackDup    = []byte(`"duplicate"`) // present only when true; the server writes `"duplicate": true`
+)
+
+// onAck counts one answer of the stream to a message of the batch in
+// flight: a PubAck (JSON starting with "stream"), or anything else (an
+// error, a no-responders status) as a failure.
+func (sl *slot) onAck(m *nats.Msg) {
+	if r := sl.reply.Load(); r == nil || m.Subject != *r {
+		return // a late answer to an earlier batch
+	}
+	if bytes.HasPrefix(m.Data, ackPrefix) {
+		sl.acked.Add(1)
+		if bytes.Contains(m.Data, ackDup) {
+			sl.dups.Add(1)
+		}
+	} else {
+		sl.nacked.Add(1)
+		err := fmt.Errorf("stream answered %q (status %q)", m.Data, m.Header.Get("Status"))
+		sl.pubErr.CompareAndSwap(nil, &err)
+	}
+	sl.checkDone()
+}
+
+// checkDone closes the batch's done channel once every expected answer
+// is in.
+func (sl *slot) checkDone() {
+	if int64(sl.acked.Load()+sl.nacked.Load()) >= sl.expected.Load() {
+		if d := sl.done.Swap(nil); d != nil {
+			close(*d)
+		}
+	}
+}
+
+// publish hands sl's messages to the connection, each with the batch's
+// reply subject; it stops at the first that fails (sl.err).
 func (f *Forwarder) publish(sl *slot) {
 	sl.acked.Store(0)
+	sl.nacked.Store(0)
 	sl.dups.Store(0)
 	sl.pubErr.Store(nil)
 	sl.sent, sl.err = 0, nil
 	sl.b.reusable = false
+	sl.round++
+	reply := sl.inbox + "." + strconv.FormatUint(sl.round, 10)
+	done := make(chan struct{})
+	sl.expected.Store(int64(len(sl.b.msgs)))
+	sl.done.Store(&done)
+	sl.reply.Store(&reply)
 	for _, m := range sl.b.msgs {
-		if _, err := sl.js.PublishMsgAsync(m); err != nil {
+		m.Reply = reply
+		if err := sl.nc.PublishMsg(m); err != nil {
 			sl.err = fmt.Errorf("publishing to stream %q: %w", f.cfg.Stream, err)
 			break
 		}
 		sl.sent++
+	}
+	if sl.sent < len(sl.b.msgs) {
+		sl.expected.Store(int64(sl.sent))
+		sl.checkDone()
 	}
 }
 
@@ -618,12 +672,20 @@ func (f *Forwarder) publish(sl *slot) {
 // failed or timed out, and counts them. It fails unless the stream
 // acknowledged all of them.
 func (f *Forwarder) complete(sl *slot) error {
-	select {
-	case <-sl.js.PublishAsyncComplete():
-	case <-f.ctx.Done():
-		f.failures.Add(uint64(sl.sent))
-		return f.ctx.Err()
+	if d := sl.done.Load(); d != nil {
+		t := time.NewTimer(ackTimeout)
+		select {
+		case <-*d:
+		case <-t.C:
+		case <-f.ctx.Done():
+			t.Stop()
+			sl.reply.Store(nil)
+			f.failures.Add(uint64(sl.sent))
+			return f.ctx.Err()
+		}
+		t.Stop()
 	}
+	sl.reply.Store(nil) // answers still to come are not this batch's any more
 	sl.b.reusable = true
 	acked := sl.acked.Load()
 	f.published.Add(acked)
