@@ -96,20 +96,28 @@ func (s *Server) postBatch(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if key, present, ok := idemKey(&ctx.Request.Header); present {
-		if !ok {
-			b.Release()
-			s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
-			return
-		}
-		claim := s.idem.begin(s, ctx, key, routeBatch, body)
-		if claim == nil {
-			b.Release()
-			return
-		}
-		s.storeBatch(ctx, b, claim, routeBatch)
+		s.storeKeyed(ctx, b, routeBatch, body, key, ok)
 		return
 	}
 	s.storeBatch(ctx, b, nil, routeBatch)
+}
+
+// storeKeyed stores b, the usages of body, for a request that carries an
+// Idempotency-Key (key and ok as idemKey returns them): a malformed key
+// answers 400, a key already answered or in flight gets that answer (or
+// 409, 422), and otherwise b is stored under a claim on the key.
+func (s *Server) storeKeyed(ctx *fasthttp.RequestCtx, b *shard.Batch, route int, body, key []byte, ok bool) {
+	if !ok {
+		b.Release()
+		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
+		return
+	}
+	claim := s.idem.begin(s, ctx, key, route, body)
+	if claim == nil {
+		b.Release()
+		return
+	}
+	s.storeBatch(ctx, b, claim, route)
 }
 
 // storeBatch queues b and answers 201 with its ids, as route answers
@@ -152,22 +160,19 @@ func (s *Server) storeBatch(ctx *fasthttp.RequestCtx, b *shard.Batch, claim *ide
 	if claim != nil {
 		claim.end(trailer)
 	}
+	if route == routeUsages {
+		answerCreated(ctx, ids[0])
+		return
+	}
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
-	if route == routeUsages {
-		var a [48]byte
-		ctx.Response.Header.SetBytesKV(strLocation, strconv.AppendUint(append(a[:0], pathUsagePrefix...), ids[0], 10))
-	}
 	setBody(ctx, func(out []byte) []byte { return appendIDs(out, route, ids) })
 }
 
 // setBody sets the response body to what fill appends, built in a pooled
 // buffer (SetBody copies it).
 func setBody(ctx *fasthttp.RequestCtx, fill func([]byte) []byte) {
-	bp, _ := bufPool.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
-	}
+	bp := bufPool.Get().(*[]byte)
 	*bp = fill((*bp)[:0])
 	ctx.Response.SetBody(*bp)
 	bufPool.Put(bp)
@@ -177,9 +182,7 @@ func setBody(ctx *fasthttp.RequestCtx, fill func([]byte) []byte) {
 // {"ids":[...]} for a batch.
 func appendIDs(out []byte, route int, ids []uint64) []byte {
 	if route == routeUsages {
-		out = append(out, `{"id":`...)
-		out = strconv.AppendUint(out, ids[0], 10)
-		return append(out, '}')
+		return appendID(out, ids[0])
 	}
 	out = append(out, `{"ids":[`...)
 	for k, id := range ids {

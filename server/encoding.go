@@ -37,10 +37,7 @@ func (s *Server) requestBody(ctx *fasthttp.RequestCtx, limit int, tooLarge errBo
 	case !bytes.EqualFold(ce, strGzip) && !bytes.EqualFold(ce, strXGzip):
 		return nil, nil, fasthttp.StatusUnsupportedMediaType, errEncoding
 	}
-	bp, _ := bufPool.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
-	}
+	bp := bufPool.Get().(*[]byte)
 	release := func() { bufPool.Put(bp) }
 	out, err := gunzip((*bp)[:0], body, limit)
 	*bp = out[:0]

@@ -142,7 +142,9 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if key, present, ok := idemKey(h); present {
-		s.postUsageOnce(ctx, key, ok, body)
+		b := shard.GetBatch()
+		b.Add(body)
+		s.storeKeyed(ctx, b, routeUsages, body, key, ok)
 		return
 	}
 	id, ticket, err := s.set.Put(ctx.ConnID(), body)
@@ -156,32 +158,24 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	s.stored.Add(1)
-
-	var a [48]byte
-	loc := strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10)
-	ctx.Response.Header.SetBytesKV(strLocation, loc)
-	b := append(a[:0], `{"id":`...)
-	b = strconv.AppendUint(b, id, 10)
-	b = append(b, '}')
-	ctx.SetStatusCode(fasthttp.StatusCreated)
-	ctx.Response.Header.SetContentTypeBytes(strJSON)
-	ctx.Response.SetBody(b)
+	answerCreated(ctx, id)
 }
 
-// postUsageOnce stores one usage sent with an Idempotency-Key, as a batch
-// of one with the answer as its trailer.
-func (s *Server) postUsageOnce(ctx *fasthttp.RequestCtx, key []byte, ok bool, body []byte) {
-	if !ok {
-		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
-		return
-	}
-	claim := s.idem.begin(s, ctx, key, routeUsages, body)
-	if claim == nil {
-		return
-	}
-	b := shard.GetBatch()
-	b.Add(body)
-	s.storeBatch(ctx, b, claim, routeUsages)
+// answerCreated answers 201 {"id":N} with Location: /api/usages/N. It
+// allocates nothing.
+func answerCreated(ctx *fasthttp.RequestCtx, id uint64) {
+	var a [48]byte
+	ctx.Response.Header.SetBytesKV(strLocation, strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10))
+	ctx.SetStatusCode(fasthttp.StatusCreated)
+	ctx.Response.Header.SetContentTypeBytes(strJSON)
+	ctx.Response.SetBody(appendID(a[:0], id))
+}
+
+// appendID appends {"id":N}.
+func appendID(out []byte, id uint64) []byte {
+	out = append(out, `{"id":`...)
+	out = strconv.AppendUint(out, id, 10)
+	return append(out, '}')
 }
 
 func (s *Server) putFailed(ctx *fasthttp.RequestCtx, err error) {
@@ -209,7 +203,9 @@ func isJSONMediaType(ct []byte) bool {
 	return bytes.EqualFold(bytes.TrimSpace(ct), strJSON)
 }
 
-var bufPool sync.Pool
+// bufPool holds scratch buffers of the request path: log reads, inflated
+// bodies, built responses.
+var bufPool = sync.Pool{New: func() any { return new([]byte) }}
 
 func (s *Server) getUsage(ctx *fasthttp.RequestCtx, idText []byte) {
 	id, ok := parseID(idText)
@@ -221,10 +217,7 @@ func (s *Server) getUsage(ctx *fasthttp.RequestCtx, idText []byte) {
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errUsageNotFound)
 		return
 	}
-	bp, _ := bufPool.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
-	}
+	bp := bufPool.Get().(*[]byte)
 	v, found := s.cache.Get((*bp)[:0], id)
 	if !found && s.wal != nil {
 		var err error
