@@ -59,7 +59,11 @@ var (
 //	response the rest
 const (
 	idemVersion   = 1
-	idemHeaderLen = 1 + 8 + sha256.Size + 2 + 2
+	offCreated    = 1
+	offDigest     = offCreated + 8
+	offStatus     = offDigest + sha256.Size
+	offKeyLen     = offStatus + 2
+	idemHeaderLen = offKeyLen + 2
 )
 
 type idemStripe struct {
@@ -142,11 +146,11 @@ func (m *idempotency) begin(s *Server, ctx *fasthttp.RequestCtx, key []byte, rou
 	case v == nil:
 		ctx.Response.Header.SetBytesKV(strRetryAfter, strOne)
 		s.fail(ctx, fasthttp.StatusConflict, ReasonInvalid, errIdemInFlight)
-	case !bytes.Equal(v[9:9+sha256.Size], c.digest[:]):
+	case !bytes.Equal(v[offDigest:offStatus], c.digest[:]):
 		s.fail(ctx, fasthttp.StatusUnprocessableEntity, ReasonInvalid, errIdemMismatch)
 	default:
 		s.replays.Add(1)
-		status := int(binary.LittleEndian.Uint16(v[9+sha256.Size:]))
+		status := int(binary.LittleEndian.Uint16(v[offStatus:]))
 		resp := v[idemHeaderLen:]
 		ctx.SetStatusCode(status)
 		ctx.Response.Header.SetContentTypeBytes(strJSON)
@@ -166,10 +170,10 @@ func (m *idempotency) begin(s *Server, ctx *fasthttp.RequestCtx, key []byte, rou
 func (c *idemClaim) trailer(resp []byte) []byte {
 	out := make([]byte, idemHeaderLen, idemHeaderLen+len(c.key)+len(resp))
 	out[0] = idemVersion
-	binary.LittleEndian.PutUint64(out[1:], uint64(time.Now().UnixNano()))
-	copy(out[9:], c.digest[:])
-	binary.LittleEndian.PutUint16(out[9+sha256.Size:], fasthttp.StatusCreated)
-	binary.LittleEndian.PutUint16(out[11+sha256.Size:], uint16(len(c.key)))
+	binary.LittleEndian.PutUint64(out[offCreated:], uint64(time.Now().UnixNano()))
+	copy(out[offDigest:], c.digest[:])
+	binary.LittleEndian.PutUint16(out[offStatus:], fasthttp.StatusCreated)
+	binary.LittleEndian.PutUint16(out[offKeyLen:], uint16(len(c.key)))
 	out = append(out, c.key...)
 	return append(out, resp...)
 }
@@ -197,18 +201,17 @@ func (m *idempotency) remember(trailer []byte) bool {
 	if len(trailer) < idemHeaderLen || trailer[0] != idemVersion {
 		return false
 	}
-	keyLen := int(binary.LittleEndian.Uint16(trailer[11+sha256.Size:]))
+	keyLen := int(binary.LittleEndian.Uint16(trailer[offKeyLen:]))
 	if len(trailer) < idemHeaderLen+keyLen || keyLen == 0 {
 		return false
 	}
-	created := time.Unix(0, int64(binary.LittleEndian.Uint64(trailer[1:])))
-	if time.Since(created) > m.window {
+	if m.expired(trailer) {
 		return false
 	}
 	key := trailer[idemHeaderLen : idemHeaderLen+keyLen]
 	v := make([]byte, 0, len(trailer)-keyLen)
 	v = append(v, trailer[:idemHeaderLen]...)
-	binary.LittleEndian.PutUint16(v[11+sha256.Size:], 0)
+	binary.LittleEndian.PutUint16(v[offKeyLen:], 0)
 	v = append(v, trailer[idemHeaderLen+keyLen:]...)
 	m.cache.SetBig(key, v)
 	return true
@@ -221,11 +224,16 @@ func (m *idempotency) get(key []byte) []byte {
 	if len(v) < idemHeaderLen || v[0] != idemVersion {
 		return nil
 	}
-	created := time.Unix(0, int64(binary.LittleEndian.Uint64(v[1:])))
-	if time.Since(created) > m.window {
+	if m.expired(v) {
 		return nil
 	}
 	return v
+}
+
+// expired reports whether an entry (or trailer) is older than the window.
+func (m *idempotency) expired(entry []byte) bool {
+	created := time.Unix(0, int64(binary.LittleEndian.Uint64(entry[offCreated:])))
+	return time.Since(created) > m.window
 }
 
 func (m *idempotency) stripe(key []byte) *idemStripe {
