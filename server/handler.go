@@ -66,16 +66,17 @@ var (
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
 // no channel and logs nothing. A panic is answered 500 (recover.go).
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
-	defer s.meters.countRequest(ctx) // runs last: counts the 500 of a recovered panic
+	path := ctx.Path()
+	route := routeOf(path)
+	defer s.meters.countRequest(ctx, route) // runs last: counts the 500 of a recovered panic
 	defer s.after(ctx, s.sample())
 	if s.testHook != nil {
 		s.testHook(ctx)
 	}
-	path := ctx.Path()
 	if !s.authorize(ctx, path) {
 		return
 	}
-	switch routeOf(path) {
+	switch route {
 	case routeUsages:
 		if ctx.IsPost() {
 			s.postUsage(ctx)

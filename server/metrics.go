@@ -159,8 +159,8 @@ func (m *meters) initLog(rec wal.Recovery) {
 
 // countRequest counts a finished request by route and status. It allocates
 // nothing and takes no lock: an array lookup and an atomic add.
-func (m *meters) countRequest(ctx *fasthttp.RequestCtx) {
-	m.countRoute(routeOf(ctx.Path()), ctx.Response.StatusCode())
+func (m *meters) countRequest(ctx *fasthttp.RequestCtx, route int) {
+	m.countRoute(route, ctx.Response.StatusCode())
 }
 
 // countError counts a request answered by ErrorHandler. Only a body over
