@@ -8,8 +8,8 @@
 #
 # busyapi runs pinned to CPU $SERVER_CPU (default 0) with a fresh data
 # directory, wrk pinned to CPU $LOAD_CPU (default 1). Port 18084 must be
-# free. Exits non-zero if the build fails, the server does not start, or
-# wrk fails or sees a non-2xx answer.
+# free. Exits non-zero if the build fails, the port is in use, the server
+# does not start within 10 s, or wrk fails or sees a non-2xx answer.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -25,27 +25,18 @@ for tool in go wrk taskset; do
 	command -v "$tool" >/dev/null || { echo "batch.sh: $tool not found" >&2; exit 1; }
 done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-batch.XXXXXX")
-pid=
-cleanup() {
-	if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+trap 'stop_server; rm -rf "$tmp"' EXIT
 go build -o "$tmp/busyapi" .
 
 printf '%-8s %12s %16s %10s\n' ack batches/s usages/s p99
 for mode in memory fsync; do
 	rm -rf "$tmp/data"
-	taskset -c "$SERVER_CPU" "$tmp/busyapi" --addr "127.0.0.1:$port" --ack "$mode" --data-dir "$tmp/data" >"$tmp/$mode.log" 2>&1 &
-	pid=$!
-	for ((i = 0; i < 100; i++)); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-		kill -0 "$pid" 2>/dev/null || { cat "$tmp/$mode.log" >&2; exit 1; }
-		sleep 0.1
-	done
+	start_server "$mode" "$port" "$tmp/busyapi" --addr "127.0.0.1:$port" --ack "$mode" --data-dir "$tmp/data"
 	out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/batch.lua \
 		"http://127.0.0.1:$port/api/usages/batch")
-	kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+	stop_server
 	if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
 		echo "batch.sh: wrk saw errors with --ack $mode:" >&2; echo "$out" >&2; exit 1
 	fi

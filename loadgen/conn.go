@@ -20,12 +20,13 @@ func sleep(d int64) { time.Sleep(time.Duration(d)) }
 // runner is what the connections share: the schedule, the requests and the
 // shards they count into.
 type runner struct {
-	cfg    *Config
-	t      *target
-	ring   *ring
-	batch  bool
-	usages int // usages per request
-	open   bool
+	cfg     *Config
+	t       *target
+	ring    *ring
+	batch   bool
+	usages  int // usages per request
+	open    bool
+	bufSize int // read buffer of each connection
 
 	t0, measureStart, end, stopAt int64
 	interval                      float64 // open loop: ns between one connection's requests
@@ -58,7 +59,6 @@ type conn struct {
 	sh       *shard
 	nc       net.Conn
 	rr       respReader
-	bufSize  int
 	k        int // next request of the ring
 	ids      idStore
 	l        local
@@ -76,7 +76,7 @@ func (k *conn) dial() error {
 	}
 	k.nc = nc
 	if k.rr.br == nil {
-		k.rr.br = bufio.NewReaderSize(nc, k.bufSize)
+		k.rr.br = bufio.NewReaderSize(nc, k.r.bufSize)
 	} else {
 		k.rr.br.Reset(nc)
 	}
@@ -153,7 +153,6 @@ func (k *conn) response(l *local, status int, body []byte, lat int64, measured b
 	l.codes = append(l.codes, uint16(code))
 	l.lat = append(l.lat, lat)
 	if measured {
-		c.answered++
 		l.measured = append(l.measured, lat)
 	}
 	if status >= 200 && status <= 299 {
@@ -162,9 +161,7 @@ func (k *conn) response(l *local, status int, body []byte, lat int64, measured b
 			c.winOK++
 			c.winUsages += uint64(r.usages)
 		}
-		n := scanIDs(body, r.batch, &k.ids)
-		c.ids += uint64(n)
-		if n < r.usages {
+		if scanIDs(body, r.batch, &k.ids) < r.usages {
 			c.idsAbsent++
 		}
 	}
@@ -257,6 +254,25 @@ func (k *conn) unsent(l *local, i int) {
 	}
 }
 
+// await returns the due time of request i once the pacer has released it;
+// false when the connection is done: the schedule ended, the drain deadline
+// passed (the requests left are counted as unsent) or the run was halted.
+func (k *conn) await(i int) (int64, bool) {
+	r := k.r
+	due := r.due(k.phase, i)
+	if due >= r.end {
+		return 0, false
+	}
+	if mono() >= r.stopAt {
+		k.unsent(&k.l, i)
+		return 0, false
+	}
+	if !k.wait(i) {
+		return 0, false
+	}
+	return due, true
+}
+
 // runOpen sends the connection's requests on its schedule, one at a time:
 // request i when it is released and the answer to i-1 is in. Latency is
 // measured from the due time.
@@ -266,15 +282,8 @@ func (k *conn) runOpen() {
 	defer k.sh.flush(l)
 	var lastDone int64 // when the previous answer came
 	for i := 0; ; i++ {
-		due := r.due(k.phase, i)
-		if due >= r.end {
-			return
-		}
-		if mono() >= r.stopAt {
-			k.unsent(l, i)
-			return
-		}
-		if !k.wait(i) {
+		due, ok := k.await(i)
+		if !ok {
 			return
 		}
 		measured := due >= r.measureStart
@@ -359,15 +368,8 @@ func (k *conn) runOpenPipelined() {
 	}
 	defer func() { endSession(false) }()
 	for i := 0; ; {
-		due := r.due(k.phase, i)
-		if due >= r.end {
-			return
-		}
-		if mono() >= r.stopAt {
-			k.unsent(l, i)
-			return
-		}
-		if !k.wait(i) {
+		due, ok := k.await(i)
+		if !ok {
 			return
 		}
 		if s != nil {

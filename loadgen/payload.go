@@ -143,10 +143,9 @@ func parsePayload(r io.Reader, name string) ([][]byte, error) {
 // first pipeline-1 requests are repeated after the n distinct ones, so any
 // m <= pipeline requests from k < n on are one contiguous slice: one write.
 type ring struct {
-	buf    []byte
-	off    []int
-	n      int // distinct requests
-	usages int // usages per request
+	buf []byte
+	off []int
+	n   int // distinct requests
 }
 
 // window returns requests k..k+m-1 (k < r.n, m <= the pipeline depth) as
@@ -186,7 +185,7 @@ func newRing(host, path string, headers []string, batch, pipeline int, lines [][
 		n = min(max(ringBudget/(per*approx+len(head)+8), 16), 4096)
 	}
 	g := newUsageGen(seed)
-	r := &ring{n: n, usages: per}
+	r := &ring{n: n}
 	bodies := make([][]byte, n)
 	var body []byte
 	next := 0

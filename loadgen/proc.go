@@ -54,11 +54,18 @@ func readCPU(pid int) cpuTimes {
 			}
 		}
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		c.self = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
-	}
+	c.self, _ = selfUsage()
 	return c
+}
+
+// selfUsage returns the user+system CPU time of this process, in seconds,
+// and its peak resident set in KiB; zeros if getrusage fails.
+func selfUsage() (cpuSeconds float64, peakRSSKiB uint64) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0, 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9, uint64(ru.Maxrss)
 }
 
 // CPUUse is the CPU used during the measured window, in percent of one

@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
 )
@@ -108,11 +108,7 @@ type GeneratorStats struct {
 
 func generatorStats() GeneratorStats {
 	g := GeneratorStats{GOMAXPROCS: runtime.GOMAXPROCS(0)}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		g.CPUSeconds = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
-		g.PeakRSSKiB = uint64(ru.Maxrss)
-	}
+	g.CPUSeconds, g.PeakRSSKiB = selfUsage()
 	return g
 }
 
@@ -212,7 +208,7 @@ func (r *Result) WriteText(w io.Writer) {
 	p("requests", "%s", line)
 	p("status", "%s", formatCounts(r.Status))
 	errs := formatCounts(r.Errors)
-	for _, k := range sortedKeys(r.ErrorMessages) {
+	for _, k := range slices.Sorted(maps.Keys(r.ErrorMessages)) {
 		errs += fmt.Sprintf("\n%-13s   %s: %s", "", k, r.ErrorMessages[k])
 	}
 	p("conn errors", "%s", errs)
@@ -263,21 +259,12 @@ func (r *Result) WriteText(w io.Writer) {
 	}
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
 func formatCounts(m map[string]uint64) string {
 	if len(m) == 0 {
 		return "none"
 	}
 	var b strings.Builder
-	for i, k := range sortedKeys(m) {
+	for i, k := range slices.Sorted(maps.Keys(m)) {
 		if i > 0 {
 			b.WriteString(", ")
 		}

@@ -52,7 +52,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	// The read buffer holds a whole pipelined round of answers, or a batch
 	// answer of 20 bytes an id; larger answers are copied out of it.
-	bufSize := min(max(4096, cfg.Pipeline*512, r.usages*20+1024), 1<<20)
+	r.bufSize = min(max(4096, cfg.Pipeline*512, r.usages*20+1024), 1<<20)
 
 	// Dial every connection first, a few at a time.
 	conns := make([]*conn, cfg.Connections)
@@ -68,12 +68,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			defer wg.Done()
 			for i := range work {
 				k := &conn{
-					r:       r,
-					sh:      r.shards[i%nShards],
-					bufSize: bufSize,
-					k:       (i * 7919) % r.ring.n,
-					l:       newLocal(cfg.Pipeline),
-					bell:    make(chan struct{}, 1),
+					r:    r,
+					sh:   r.shards[i%nShards],
+					k:    (i * 7919) % r.ring.n,
+					l:    newLocal(cfg.Pipeline),
+					bell: make(chan struct{}, 1),
 				}
 				k.phase = int64((float64(order[i]) + rand.Float64()) / float64(cfg.Connections) * r.interval)
 				var err error
@@ -172,7 +171,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				Last:    s,
 				Sent:    c.sent,
 				Answers: c.responses,
-				Errors:  c.responses - c.ok + c.errorCount(),
+				Errors:  c.bad(),
 			})
 		}
 	}
@@ -305,7 +304,7 @@ func (r *runner) result(conns []*conn, established int, dialTime time.Duration, 
 			Responses: c.responses,
 			OK:        c.ok,
 			Measured:  c.measured,
-			Answered:  c.answered,
+			Answered:  uint64(total.TotalCount()), // every measured answer is in total
 			Late:      c.late,
 			Unsent:    c.unsent,
 			Lost:      c.lost,
@@ -353,8 +352,12 @@ func (r *runner) result(conns []*conn, established int, dialTime time.Duration, 
 	}
 
 	var ids []uint64
-	if c.ids > 0 {
-		ids = make([]uint64, 0, c.ids)
+	n := 0
+	for _, k := range conns {
+		n += k.ids.n
+	}
+	if n > 0 {
+		ids = make([]uint64, 0, n)
 	}
 	for _, k := range conns {
 		ids = k.ids.appendTo(ids)

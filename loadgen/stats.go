@@ -44,11 +44,9 @@ type counters struct {
 	winUsages    uint64 // usages in the 2xx answers read during the window
 
 	measured uint64 // requests due (open loop) or sent (closed loop) in the measured window
-	answered uint64 // of those, answered
 	late     uint64 // open loop: measured requests sent after their due time because the connection was busy
 	unsent   uint64 // open loop: measured requests not sent by the drain deadline
 
-	ids       uint64 // ids in 2xx answers
 	idsAbsent uint64 // 2xx answers with fewer ids than usages sent
 
 	errors [numErrKinds]uint64 // connection errors by kind
@@ -64,10 +62,8 @@ func (c *counters) add(o *counters) {
 	c.winOK += o.winOK
 	c.winUsages += o.winUsages
 	c.measured += o.measured
-	c.answered += o.answered
 	c.late += o.late
 	c.unsent += o.unsent
-	c.ids += o.ids
 	c.idsAbsent += o.idsAbsent
 	for i := range c.errors {
 		c.errors[i] += o.errors[i]
@@ -80,6 +76,9 @@ func (c *counters) errorCount() (n uint64) {
 	}
 	return n
 }
+
+// bad counts the non-2xx answers and the connection errors.
+func (c *counters) bad() uint64 { return c.responses - c.ok + c.errorCount() }
 
 // local is what a connection has measured since it last flushed to its
 // shard: at most one round of pipeline requests, so its slices, allocated
@@ -192,23 +191,17 @@ func (c *collector) tick(now, t0 int64, phase string) Second {
 		secs = 1
 	}
 	per := func(a, b uint64) float64 { return float64(a-b) / secs }
-	bad := func(c *counters) uint64 { return c.responses - c.ok + c.errorCount() }
 	b := Second{
 		T:         float64(now-t0) / 1e9,
 		Phase:     phase,
 		Sent:      per(sum.sent, c.last.sent),
 		Responses: per(sum.responses, c.last.responses),
 		OK:        per(sum.ok, c.last.ok),
-		Errors:    per(bad(&sum), bad(&c.last)),
+		Errors:    per(sum.bad(), c.last.bad()),
 		Usages:    per(sum.ok, c.last.ok) * float64(c.usages),
 	}
-	if c.sec.TotalCount() > 0 {
-		b.P50 = ms(c.sec.ValueAtQuantile(50))
-		b.P90 = ms(c.sec.ValueAtQuantile(90))
-		b.P99 = ms(c.sec.ValueAtQuantile(99))
-		b.P999 = ms(c.sec.ValueAtQuantile(99.9))
-		b.Max = ms(c.sec.Max())
-	}
+	l := summarize(c.sec, 0)
+	b.P50, b.P90, b.P99, b.P999, b.Max = l.P50, l.P90, l.P99, l.P999, l.Max
 	c.sec.Reset()
 	c.last, c.lastT = sum, now
 	c.series = append(c.series, b)
