@@ -121,7 +121,7 @@ const (
 	reconnectMax    = 2 * time.Second
 	apiTimeout      = 5 * time.Second // JetStream API requests (stream lookup and creation)
 	ackTimeout      = 5 * time.Second // one published message's ack
-	maxBatch        = 4096            // usages in one batch (and async publishes per JetStream context)
+	maxBatch        = 4096            // usages in one batch
 	maxBatchBytes   = 2 << 20         // bodies of one batch
 	pipeline        = 4               // batches in flight: at most 16384 usages waiting for their acks
 	flusherTimeout  = 5 * time.Second
@@ -199,11 +199,9 @@ func reconnectDelay(attempts int) time.Duration {
 func (c *Conn) Connected() bool { return c.NC.IsConnected() }
 
 // JetStream returns a JetStream context on the connection, with busyapi's
-// timeouts. Each call returns a new one: async publishes and their acks
-// are per context.
-func (c *Conn) JetStream(opts ...jetstream.JetStreamOpt) (jetstream.JetStream, error) {
-	opts = append([]jetstream.JetStreamOpt{jetstream.WithDefaultTimeout(apiTimeout)}, opts...)
-	return jetstream.New(c.NC, opts...)
+// timeouts.
+func (c *Conn) JetStream() (jetstream.JetStream, error) {
+	return jetstream.New(c.NC, jetstream.WithDefaultTimeout(apiTimeout))
 }
 
 // Config returns the configuration the connection was made with.

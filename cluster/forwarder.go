@@ -41,10 +41,9 @@ const (
 
 // Forwarder publishes every usage of a wal.Store to the stream, exactly
 // once: see the package documentation. One goroutine does it all, off the
-// ingest path: it keeps up to pipeline batches in flight, each published on
-// its own JetStream context (so that "every ack of this batch is in" is
-// that context's PublishAsyncComplete), and moves the cursor past the
-// oldest batch once all of its acks are in.
+// ingest path: it keeps up to pipeline batches in flight, each with its own
+// reply subject on which the stream's acks are counted, and moves the
+// cursor past the oldest batch once all of its acks are in.
 type Forwarder struct {
 	store *wal.Store
 	conn  *Conn
@@ -83,18 +82,16 @@ type Forwarder struct {
 	maxBatch      int
 	js            jetstream.JetStream // for stream management (ensureStream)
 	crashAfterAck func() bool
-	crashed       bool // set by crashAfterAck's caller: Close writes nothing
+	crashed       bool // crashAfterAck said so: Close writes nothing
 }
 
-// slot is one batch in flight, on its own JetStream context.
+// slot is one batch in flight, with its own reply subject.
 type slot struct {
 	// Acks come back to inbox.<round> on the slot's own subscription; a
 	// round is one batch, so a late ack of an earlier one is not counted.
 	// This costs a fraction of JetStream's asynchronous publish (a future,
 	// a map entry and a JSON decoding per message): on one core the
 	// forwarder competes with the HTTP workers.
-	nc       *nats.Conn
-	sub      *nats.Subscription
 	inbox    string
 	reply    atomic.Pointer[string] // inbox.<round> of the batch in flight
 	round    uint64
@@ -113,7 +110,7 @@ type slot struct {
 // batch is a batch of messages read from the log.
 type batch struct {
 	msgs     []*nats.Msg
-	pool     []*nats.Msg // messages to reuse when reusable
+	pool     []*nats.Msg // messages to reuse: PublishMsg copies them out
 	ids      []uint64
 	offs     []int
 	data     []byte   // the messages' bodies, back to back
@@ -121,7 +118,6 @@ type batch struct {
 	count    []uint64 // per shard: usages in the batch
 	buf      []byte   // ReadFrom's buffer
 	complete bool     // the batch holds everything the log had when it was read
-	reusable bool     // no message of the last batch is still held by the client
 }
 
 // NewForwarder returns a Forwarder of store's usages over conn, with its
@@ -178,9 +174,9 @@ func NewForwarder(store *wal.Store, dir string, conn *Conn, log *slog.Logger) (*
 		return nil, err
 	}
 	for range pipeline {
-		sl := &slot{b: batch{next: make([]uint64, n), count: make([]uint64, n), reusable: true}}
-		sl.nc, sl.inbox = conn.NC, nats.NewInbox()
-		sl.sub, err = conn.NC.Subscribe(sl.inbox+".*", sl.onAck)
+		sl := &slot{b: batch{next: make([]uint64, n), count: make([]uint64, n)}}
+		sl.inbox = nats.NewInbox()
+		_, err = conn.NC.Subscribe(sl.inbox+".*", sl.onAck)
 		if err != nil {
 			mark.close()
 			return nil, err
@@ -377,6 +373,7 @@ func (f *Forwarder) run() {
 		}
 		f.inflight = append(f.inflight[:0], f.inflight[1:]...)
 		if f.crashAfterAck != nil && f.crashAfterAck() {
+			f.crashed = true
 			return
 		}
 		wait = 0
@@ -526,12 +523,7 @@ func takesSubject(filters []string, subject string) bool {
 func (f *Forwarder) read(b *batch, from []uint64) error {
 	copy(b.next, from)
 	clear(b.count)
-	b.msgs, b.ids = b.msgs[:0], b.ids[:0]
-	if b.reusable {
-		b.data = b.data[:0]
-	} else {
-		b.data = nil // the client may still hold the last batch's bodies
-	}
+	b.ids, b.data = b.ids[:0], b.data[:0]
 	offs := b.offs[:0] // start of each body in data; slices are taken at the end
 	bytesFull := false
 	n := len(b.next)
@@ -579,9 +571,6 @@ func (f *Forwarder) read(b *batch, from []uint64) error {
 	b.offs = offs
 	// With room left in the batch, every shard was read to its end.
 	b.complete = left > 0 && !bytesFull
-	if !b.reusable {
-		b.pool = nil
-	}
 	for j, id := range b.ids {
 		end := len(b.data)
 		if j+1 < len(offs) {
@@ -599,8 +588,8 @@ func (f *Forwarder) read(b *batch, from []uint64) error {
 		m := b.pool[j]
 		m.Data = b.data[offs[j]:end:end]
 		m.Header[jetstream.MsgIDHeader][0] = strconv.FormatUint(id, 10)
-		b.msgs = append(b.msgs, m)
 	}
+	b.msgs = b.pool[:len(b.ids)]
 	return nil
 }
 
@@ -647,7 +636,6 @@ func (f *Forwarder) publish(sl *slot) {
 	sl.dups.Store(0)
 	sl.pubErr.Store(nil)
 	sl.sent, sl.err = 0, nil
-	sl.b.reusable = false
 	sl.round++
 	reply := sl.inbox + "." + strconv.FormatUint(sl.round, 10)
 	done := make(chan struct{})
@@ -656,7 +644,7 @@ func (f *Forwarder) publish(sl *slot) {
 	sl.reply.Store(&reply)
 	for _, m := range sl.b.msgs {
 		m.Reply = reply
-		if err := sl.nc.PublishMsg(m); err != nil {
+		if err := f.conn.NC.PublishMsg(m); err != nil {
 			sl.err = fmt.Errorf("publishing to stream %q: %w", f.cfg.Stream, err)
 			break
 		}
@@ -686,7 +674,6 @@ func (f *Forwarder) complete(sl *slot) error {
 		t.Stop()
 	}
 	sl.reply.Store(nil) // answers still to come are not this batch's any more
-	sl.b.reusable = true
 	acked := sl.acked.Load()
 	f.published.Add(acked)
 	f.duplicates.Add(sl.dups.Load())

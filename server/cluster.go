@@ -37,11 +37,7 @@ func (s *Server) startCluster(scfg *shard.Config) error {
 		conn.Close()
 		return err
 	}
-	if err := s.leaseClusterIDs(conn, scfg); err != nil {
-		_ = fwd.Close(context.Background())
-		conn.Close()
-		return err
-	}
+	s.leaseClusterIDs(conn, scfg)
 	s.nats, s.fwd = conn, fwd
 	return nil
 }
@@ -55,14 +51,13 @@ func (s *Server) startCluster(scfg *shard.Config) error {
 // created, unless NoCreate) on the first lease, not here, so a start never
 // waits for NATS; until a lease succeeds, POSTs answer 503 with
 // Retry-After, and the shards retry with backoff.
-func (s *Server) leaseClusterIDs(conn *cluster.Conn, scfg *shard.Config) error {
+func (s *Server) leaseClusterIDs(conn *cluster.Conn, scfg *shard.Config) {
 	var (
 		mu     sync.Mutex
 		leaser *idlease.Leaser
 	)
 	block, floor, nc := scfg.IDBlock, scfg.FirstID, s.cfg.NATS
 	scfg.LeaseBlocks = func(n uint64) (uint64, error) {
-		s.idLeaseRoundTrips.Add(1)
 		mu.Lock()
 		l := leaser
 		mu.Unlock()
@@ -84,7 +79,6 @@ func (s *Server) leaseClusterIDs(conn *cluster.Conn, scfg *shard.Config) error {
 		}
 		return l.Lease(n)
 	}
-	return nil
 }
 
 // startForwarding starts the Forwarder, once the shards run.
@@ -134,7 +128,7 @@ func writeClusterStats(w io.Writer, st *Stats) {
 		connected = 1
 	}
 	metrics.WriteGaugeUint64(w, "busyapi_nats_connected", connected)
-	counter(w, "busyapi_id_lease_roundtrips_total", st.IDLeaseRoundTrips)
+	counter(w, "busyapi_id_lease_roundtrips_total", st.Shard.LeaseRoundTrips)
 }
 
 // readyBody answers a ready /readyz: {"status":"ok"}, and in scale-out mode

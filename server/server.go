@@ -245,7 +245,6 @@ type Server struct {
 	// Scale-out mode (cluster.go); nil otherwise.
 	nats              *cluster.Conn
 	fwd               *cluster.Forwarder
-	idLeaseRoundTrips atomic.Uint64 // round trips of the cluster id source to its bucket
 
 	// testHook, when set (by tests only), runs first in every request.
 	testHook func(*fasthttp.RequestCtx)
@@ -423,10 +422,9 @@ type Stats struct {
 	Panics   uint64             // handler panics, answered 500
 	Shard    shard.Stats
 	Cache    store.CacheStats
-	// Scale-out mode only: forwarding to the stream, and the round trips
-	// of the cluster id source to its key-value bucket.
-	Forward           cluster.Stats
-	IDLeaseRoundTrips uint64
+	// Scale-out mode only: forwarding to the stream. (The round trips of
+	// the cluster id source are Shard.LeaseRoundTrips.)
+	Forward cluster.Stats
 }
 
 // UpdateStats fills st.
@@ -442,7 +440,6 @@ func (s *Server) UpdateStats(st *Stats) {
 	s.cache.UpdateStats(&st.Cache)
 	if s.fwd != nil {
 		s.fwd.UpdateStats(&st.Forward)
-		st.IDLeaseRoundTrips = s.idLeaseRoundTrips.Load()
 	}
 }
 
