@@ -38,14 +38,13 @@ func newDurableSink(l *wal.Store, c *store.Cache, m *meters, sync bool) *durable
 	return d
 }
 
-// Append logs a usage, or with id 0 an idempotency answer (a batch
-// trailer), which the log keeps as a meta record.
 func (d *durableSink) Append(shard int, id uint64, body []byte) {
-	if id != 0 {
-		d.records[shard]++
-	}
+	d.records[shard]++
 	d.log.Append(shard, id, body)
 }
+
+// Meta logs an idempotency answer (a batch trailer) as a meta record.
+func (d *durableSink) Meta(shard int, body []byte) { d.log.Append(shard, 0, body) }
 
 // Group keeps a batch's records whole across a crash (wal groups).
 func (d *durableSink) Group(shard int, n int) { d.log.AppendGroup(shard, n) }

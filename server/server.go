@@ -243,8 +243,8 @@ type Server struct {
 	ready    atomic.Bool // the log is recovered and the shards run
 
 	// Scale-out mode (cluster.go); nil otherwise.
-	nats              *cluster.Conn
-	fwd               *cluster.Forwarder
+	nats *cluster.Conn
+	fwd  *cluster.Forwarder
 
 	// testHook, when set (by tests only), runs first in every request.
 	testHook func(*fasthttp.RequestCtx)

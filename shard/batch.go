@@ -19,8 +19,8 @@ type Batch struct {
 	ends []int // ends[k] is where record k ends in data
 	ids  []uint64
 
-	// trailer, if set, makes the body of one more record, with id 0,
-	// handed to the sink after the batch's records in the same flush: for
+	// trailer, if set, makes the body of one more record, handed to a
+	// Grouper sink's Meta after the batch's records in the same flush: for
 	// example what an idempotency key answered, kept with the records.
 	trailer     func(ids []uint64) []byte
 	trailerBody []byte
@@ -45,16 +45,12 @@ func (b *Batch) Add(body []byte) {
 }
 
 // SetTrailer makes PutBatch call fn with the batch's ids and queue what it
-// returns as a record with id 0, after the batch's records: it reaches the
-// sink in the same flush as they do, so it is durable exactly when they
-// are. Sinks must expect id 0 only from trailers.
+// returns after the batch's records: it reaches a Grouper sink's Meta in
+// the same flush as they do, so it is durable exactly when they are.
 func (b *Batch) SetTrailer(fn func(ids []uint64) []byte) { b.trailer = fn }
 
 // Len returns the number of records.
 func (b *Batch) Len() int { return len(b.ends) }
-
-// Bytes returns the total size of the records.
-func (b *Batch) Bytes() int { return len(b.data) }
 
 // Record returns record k's body.
 func (b *Batch) Record(k int) []byte {
@@ -75,6 +71,12 @@ type slotTable struct {
 	slot  [batchSlots]atomic.Pointer[Batch]
 	next  atomic.Uint32 // where the next claim starts looking
 	inUse atomic.Int32
+}
+
+// release empties slot i, which a producer claimed but did not queue.
+func (t *slotTable) release(i uint64) {
+	t.slot[i].Store(nil)
+	t.inUse.Add(-1)
 }
 
 func (t *slotTable) claim(b *Batch) (uint64, bool) {
@@ -100,10 +102,17 @@ func (s *Set) PutBatch(hint uint64, b *Batch, ids []uint64) ([]uint64, Ticket, e
 	if s.failed[i].v.Load() {
 		return ids, Ticket{}, ErrUnavailable
 	}
+	// The slot first: a batch refused for room (and retried) takes no ids.
+	slot, ok := s.slots[i].claim(b)
+	if !ok {
+		s.rings[i].full.Add(1)
+		return ids, Ticket{}, ErrFull
+	}
 	b.ids = b.ids[:0]
 	for range b.ends {
 		id, err := s.ids.Next(i)
 		if err != nil {
+			s.slots[i].release(slot)
 			return ids, Ticket{}, err
 		}
 		b.ids = append(b.ids, id)
@@ -111,18 +120,12 @@ func (s *Set) PutBatch(hint uint64, b *Batch, ids []uint64) ([]uint64, Ticket, e
 	if b.trailer != nil {
 		b.trailerBody = b.trailer(b.ids)
 	}
-	slot, ok := s.slots[i].claim(b)
-	if !ok {
-		s.rings[i].full.Add(1)
-		return ids, Ticket{}, ErrFull
-	}
 	ids = append(ids, b.ids...) // b is not ours once the ref is in the ring
 	r := s.rings[i]
 	seq := r.FailSeq()
-	pos, err := r.PutRef(slot)
+	pos, err := r.putRef(slot)
 	if err != nil {
-		s.slots[i].slot[slot].Store(nil)
-		s.slots[i].inUse.Add(-1)
+		s.slots[i].release(slot)
 		return ids[:len(ids)-len(b.ids)], Ticket{}, err
 	}
 	// A batch is worth a drain of its own: wake the drainer rather than
@@ -154,10 +157,11 @@ func (s *Set) Backlogged(t Ticket) bool {
 // releases it; it returns how many records that was. Only shard i's drainer
 // calls it.
 func (s *Set) drainBatch(i int, slot uint64) int {
-	b := s.slots[i].slot[slot].Swap(nil)
-	s.slots[i].inUse.Add(-1)
+	b := s.slots[i].slot[slot].Load()
+	s.slots[i].release(slot)
 	n := len(b.ids)
-	if g, ok := s.sink.(Grouper); ok && (n > 1 || b.trailerBody != nil) {
+	g := s.grouper
+	if g != nil && (n > 1 || b.trailerBody != nil) {
 		k := n
 		if b.trailerBody != nil {
 			k++
@@ -167,8 +171,8 @@ func (s *Set) drainBatch(i int, slot uint64) int {
 	for k, id := range b.ids {
 		s.sink.Append(i, id, b.Record(k))
 	}
-	if b.trailerBody != nil {
-		s.sink.Append(i, 0, b.trailerBody)
+	if g != nil && b.trailerBody != nil {
+		g.Meta(i, b.trailerBody)
 	}
 	b.Release()
 	return n

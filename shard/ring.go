@@ -24,7 +24,7 @@ const (
 	hdrBytes   = 16
 	flagCommit = 1 << 32
 	flagPad    = 1 << 33
-	flagRef    = 1 << 34 // no body; the id word is a Batch slot (PutRef)
+	flagRef    = 1 << 34 // no body; the id word is a Batch slot (putRef)
 	lenMask    = 1<<32 - 1
 )
 
@@ -120,9 +120,9 @@ func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
 	return r.put(id, body, 0)
 }
 
-// PutRef puts a record that carries no body, only ref, for the consumer of
-// DrainRefs. It is otherwise the same as Put.
-func (r *Ring) PutRef(ref uint64) (uint64, error) {
+// putRef puts a record that carries no body, only ref, for the consumer of
+// drainRefs. It is otherwise the same as Put.
+func (r *Ring) putRef(ref uint64) (uint64, error) {
 	return r.put(ref, nil, flagRef)
 }
 
@@ -172,12 +172,12 @@ func (r *Ring) put(id uint64, body []byte, flags uint64) (uint64, error) {
 // called by the ring's single consumer. It returns the number of records and
 // the position up to which the ring has been drained.
 func (r *Ring) Drain(fn func(id uint64, body []byte)) (int, uint64) {
-	return r.DrainRefs(fn, nil)
+	return r.drainRefs(fn, nil)
 }
 
-// DrainRefs is Drain that passes the records put by PutRef to ref instead
-// of fn; they count in the number of records returned.
-func (r *Ring) DrainRefs(fn func(id uint64, body []byte), ref func(uint64)) (int, uint64) {
+// drainRefs is Drain that passes the records put by putRef to ref instead
+// of fn; each counts as the number of records ref returns.
+func (r *Ring) drainRefs(fn func(id uint64, body []byte), ref func(uint64) int) (int, uint64) {
 	start := r.tail.Load()
 	h := r.head.Load()
 	t := start
@@ -195,9 +195,8 @@ func (r *Ring) DrainRefs(fn func(id uint64, body []byte), ref func(uint64)) (int
 		}
 		l := hdr & lenMask
 		if hdr&flagRef != 0 {
-			ref(r.words[w+1])
+			n += ref(r.words[w+1])
 			t += hdrBytes
-			n++
 			continue
 		}
 		fn(r.words[w+1], r.buf[off+hdrBytes:off+hdrBytes+l:off+hdrBytes+l])

@@ -70,9 +70,12 @@ type Config struct {
 
 // Grouper is implemented by sinks that keep the records of one PutBatch
 // batch together: Group(shard, n) comes right before the batch's n records
-// (its trailer included), in the same flush.
+// (its trailer included), in the same flush, and Meta takes the trailer
+// (Batch.SetTrailer) in its place among them. Sinks that are not Groupers
+// get the batch's usages alone.
 type Grouper interface {
 	Group(shard int, n int)
+	Meta(shard int, body []byte)
 }
 
 // Recoverer is implemented by sinks that can leave a failed state.
@@ -88,6 +91,7 @@ var ErrUnavailable = errors.New("shard: store is failing; not accepting records"
 type Set struct {
 	rings    []*Ring
 	slots    []slotTable // batches in flight, per shard
+	grouper  Grouper     // the sink, if it keeps batches together
 	ids      *IDs
 	sink     Sink
 	interval time.Duration
@@ -177,6 +181,7 @@ func New(cfg Config) *Set {
 		onLeaseError: cfg.OnLeaseError,
 		leaseBlocks:  cfg.LeaseBlocks,
 	}
+	s.grouper, _ = cfg.Sink.(Grouper)
 	if s.recoverInt <= 0 {
 		s.recoverInt = time.Second
 	}
@@ -330,15 +335,12 @@ func (s *Set) drainer(i int) {
 	t := time.NewTimer(s.interval)
 	defer t.Stop()
 	appendFn := func(id uint64, body []byte) { s.sink.Append(i, id, body) }
-	extra := 0 // records in batches beyond the one ring record each
-	refFn := func(slot uint64) { extra += s.drainBatch(i, slot) - 1 }
+	refFn := func(slot uint64) int { return s.drainBatch(i, slot) }
 	rec, _ := s.sink.(Recoverer)
 	var lastTry time.Time
 	for {
 		start := r.tail.Load()
-		extra = 0
-		n, pos := r.DrainRefs(appendFn, refFn)
-		n += extra
+		n, pos := r.drainRefs(appendFn, refFn)
 		if pos > r.flushed.Load() {
 			r.BeginBatch(pos)
 			if err := s.sink.Flush(i); err != nil {

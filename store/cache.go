@@ -44,9 +44,6 @@ func key(k *[9]byte, kind byte, id uint64) []byte {
 
 // Append stores body under id. It implements shard.Sink.
 func (c *Cache) Append(shard int, id uint64, body []byte) {
-	if id == 0 {
-		return // a trailer record (shard.Batch.SetTrailer), not a usage
-	}
 	var k [9]byte
 	if len(body) >= bigValue {
 		c.c.SetBig(key(&k, 'b', id), body)

@@ -304,7 +304,7 @@ type heldRecord struct {
 func scan(buf []byte, base uint64, visit func(id, pos uint64, body []byte), st *RecoveryStats, gs *scanState) (int, int) {
 	off, n := 0, 0
 	release := func() {
-		for _, r := range gs.held {
+		for _, r := range gs.held[1:] { // the group header is for recovery alone
 			if visit != nil {
 				visit(r.id, r.pos, r.body)
 			}

@@ -182,11 +182,13 @@ func (s *Store) Append(shard int, id uint64, body []byte) {
 		if s.batchErr[shard] == nil {
 			s.batchErr[shard] = err
 		}
-		s.pending[shard] = append(s.pending[shard], id, 0) // reported as failed
-		return
+		pos = 0 // reported as failed
+	} else {
+		s.bytesWritten.Add(uint64(RecordSize(len(body))))
 	}
-	s.pending[shard] = append(s.pending[shard], id, pos)
-	s.bytesWritten.Add(uint64(RecordSize(len(body))))
+	if id != 0 { // meta records are neither indexed nor reported
+		s.pending[shard] = append(s.pending[shard], id, pos)
+	}
 }
 
 // AppendGroup adds a group header to shard's open batch: the next n
@@ -209,21 +211,15 @@ func (s *Store) Flush(shard int) error {
 	if err != nil {
 		s.logs[shard].Discard()
 	} else {
-		usages := uint64(0)
 		for i := 0; i < len(p); i += 2 {
-			if p[i] != 0 {
-				s.index.Set(p[i], shard, p[i+1])
-				usages++
-			}
+			s.index.Set(p[i], shard, p[i+1])
 		}
 		if err = s.logs[shard].Flush(); err != nil {
 			for i := 0; i < len(p); i += 2 {
-				if p[i] != 0 {
-					s.index.Delete(p[i])
-				}
+				s.index.Delete(p[i])
 			}
-		} else if usages > 0 {
-			s.usages[shard].Add(usages)
+		} else if len(p) > 0 {
+			s.usages[shard].Add(uint64(len(p) / 2))
 		}
 	}
 	if s.onFlush != nil && len(p) > 0 {
