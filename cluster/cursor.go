@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/busyapi/busyapi/wal"
 )
 
 // The forward cursor file, CursorFile in the data directory, holds two
@@ -53,7 +55,7 @@ func openCursor(dir string) (*cursorFile, []uint64, int64, error) {
 	}
 	c := &cursorFile{f: f}
 	if os.IsNotExist(statErr) {
-		if err := syncDir(dir); err != nil {
+		if err := wal.SyncDir(dir); err != nil {
 			f.Close()
 			return nil, nil, 0, err
 		}
@@ -139,12 +141,3 @@ func (c *cursorFile) write(pos []uint64, caughtUp int64) error {
 }
 
 func (c *cursorFile) close() error { return c.f.Close() }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}

@@ -29,11 +29,11 @@ const Key = "next-id"
 // copies, history 1) if it is missing and create is set.
 func Bucket(ctx context.Context, js jetstream.JetStream, name string, replicas int, create bool) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, name)
-	if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) || !create {
-		if err != nil {
-			return nil, fmt.Errorf("id lease bucket %q: %w", name, err)
-		}
+	if err == nil {
 		return kv, nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) || !create {
+		return nil, fmt.Errorf("id lease bucket %q: %w", name, err)
 	}
 	kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      name,

@@ -36,7 +36,7 @@ func OpenLease(dir string) (*Lease, error) {
 		return nil, fmt.Errorf("cannot open id lease %q: %w", path, err)
 	}
 	if os.IsNotExist(statErr) {
-		if err := syncDir(dir); err != nil {
+		if err := SyncDir(dir); err != nil {
 			f.Close()
 			return nil, err
 		}

@@ -367,7 +367,7 @@ func repairSegment(f *os.File, path string, buf []byte, valid int, st *RecoveryS
 		nf.Close()
 		return nil, err
 	}
-	return nf, syncDir(filepath.Dir(path))
+	return nf, SyncDir(filepath.Dir(path))
 }
 
 // allZero reports whether b holds only zero bytes: the preallocated part of
@@ -472,7 +472,9 @@ func segmentName(base uint64) string { return fmt.Sprintf("%020d%s", base, segSu
 
 // syncDir fsyncs a directory so that a created, renamed or removed file in it
 // survives a crash.
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, so that files created, renamed or removed in
+// it survive a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -488,7 +490,7 @@ func (l *Log) newSegment(base uint64) error {
 		return fmt.Errorf("cannot create segment: %w", err)
 	}
 	preallocate(f, l.segBytes)
-	if err := syncDir(l.dir); err != nil {
+	if err := SyncDir(l.dir); err != nil {
 		f.Close()
 		os.Remove(path)
 		return fmt.Errorf("cannot sync %q: %w", l.dir, err)
@@ -863,7 +865,7 @@ func (l *Log) RemoveBefore(cutoff time.Time, keep uint64) (int, error) {
 		}
 	}
 	if len(gone) > 0 {
-		return len(gone), syncDir(l.dir)
+		return len(gone), SyncDir(l.dir)
 	}
 	return 0, nil
 }

@@ -539,7 +539,7 @@ func (e *exportMark) ack(cursor []uint64) error {
 	if err := os.Rename(tmp, e.path); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Dir(e.path)); err != nil {
+	if err := SyncDir(filepath.Dir(e.path)); err != nil {
 		return err
 	}
 	e.pos, e.set = append([]uint64(nil), cursor...), true
