@@ -26,6 +26,7 @@ import (
 	"github.com/busyapi/busyapi/cluster"
 	"github.com/busyapi/busyapi/loadgen"
 	"github.com/busyapi/busyapi/server"
+	"github.com/busyapi/busyapi/wal"
 )
 
 func main() {
@@ -121,11 +122,11 @@ func run(args []string) error {
 		log.Info("bearer tokens required", "file", t.Path(), "write_tokens", w, "read_tokens", r)
 	}
 	cfg.SegmentBytes = int64(segBytes)
-	if cfg.Ack == server.AckFsync && cfg.DataDir != "" {
-		// A drainer in fdatasync holds its P until sysmon takes it back,
-		// and with one P nothing polls the network meanwhile: measured on
-		// one core at 1,000 connections, 4.4k req/s with GOMAXPROCS=1 and
-		// 85k with 2. So run two Ps per CPU in fsync mode.
+	if cfg.Ack == server.AckFsync && cfg.DataDir != "" && !wal.AsyncSync() {
+		// Without Linux AIO a drainer in fdatasync holds its P until
+		// sysmon takes it back, and with one P nothing polls the network
+		// meanwhile: measured on one core at 1,000 connections, 4.4k req/s
+		// with GOMAXPROCS=1 and 85k with 2. So run two Ps per CPU then.
 		if n := runtime.NumCPU(); runtime.GOMAXPROCS(0) < 2*n && os.Getenv("GOMAXPROCS") == "" {
 			runtime.GOMAXPROCS(2 * n)
 		}

@@ -71,10 +71,11 @@ type Config struct {
 	// minimum is 32 MiB.
 	CacheBytes int
 	// Ack says when a POST is answered: AckFsync (the default with a
-	// DataDir) or AckMemory (the only mode without one). With AckFsync,
-	// run at least two Ps (GOMAXPROCS >= 2), as the busyapi command does:
-	// a drainer in fdatasync holds its P, and with one P the network is not
-	// polled meanwhile (4.4k instead of 85k POST/s measured on one core).
+	// DataDir) or AckMemory (the only mode without one). With AckFsync
+	// where wal.AsyncSync is false (not Linux, or no AIO), run at least two
+	// Ps (GOMAXPROCS >= 2), as the busyapi command does: a drainer in
+	// fdatasync then holds its P, and with one P the network is not polled
+	// meanwhile (4.4k instead of 85k POST/s measured on one core).
 	Ack string
 	// DataDir holds the durable log. Empty means no log: usages live only
 	// in the cache, as in an embedded test server.

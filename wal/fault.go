@@ -39,21 +39,27 @@ func writeAt(f *os.File, b []byte, off int64) error {
 	return err
 }
 
-// syncSlots bounds the fdatasyncs in flight. A goroutine in fdatasync keeps
-// its P until sysmon takes it back; if every P is in fdatasync, nothing
-// polls the network meanwhile and batches shrink to a few records (measured:
-// 16,667 req/s over 10,000 connections on one core, GOMAXPROCS=2, two
-// shards: 3.6 records per batch and p50 694 ms with both shards syncing at
-// once). So at most GOMAXPROCS-1 syncs run at a time; the shards that wait
-// only make their next batch larger.
+// syncSlots bounds the blocking fdatasyncs in flight (a syncer without
+// AIO). A goroutine in fdatasync keeps its P until sysmon takes it back; if
+// every P is in fdatasync, nothing polls the network meanwhile and batches
+// shrink to a few records (measured: 16,667 req/s over 10,000 connections on
+// one core, GOMAXPROCS=2, two shards: 3.6 records per batch and p50 694 ms
+// with both shards syncing at once). So at most GOMAXPROCS-1 syncs run at a
+// time; the shards that wait only make their next batch larger.
 var syncSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
 
-func syncData(f *os.File) error {
-	if err := fault("sync", f.Name()); err != nil {
-		return err
-	}
+func blockingSync(f *os.File) error {
 	syncSlots <- struct{}{}
 	err := fdatasync(f)
 	<-syncSlots
 	return err
+}
+
+// syncData makes f's data durable through sy, as the disk or the fault hook
+// allows.
+func syncData(sy *syncer, f *os.File) error {
+	if err := fault("sync", f.Name()); err != nil {
+		return err
+	}
+	return sy.fdatasync(f)
 }

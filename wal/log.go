@@ -46,6 +46,7 @@ type Log struct {
 	synced uint64   // everything below is fdatasynced: the sync mark of new records
 	dirty  bool     // written since the last fdatasync (memory mode)
 	failed bool     // a write or fsync failed: nothing is accepted until Recover
+	syncer *syncer  // runs the writer's fdatasyncs
 }
 
 // RecoveryStats tell what opening a log found.
@@ -85,7 +86,7 @@ func OpenLog(dir string, segBytes int64, syncWrites, repair bool, visit func(id,
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, st, fmt.Errorf("cannot create %q: %w", dir, err)
 	}
-	l := &Log{dir: dir, segBytes: segBytes, sync: syncWrites}
+	l := &Log{dir: dir, segBytes: segBytes, sync: syncWrites, syncer: newSyncer()}
 	names, err := segmentNames(dir)
 	if err != nil {
 		return nil, st, err
@@ -571,7 +572,7 @@ func (l *Log) writeBatch(syncNow bool) error {
 	}
 	l.dirty = true
 	if syncNow {
-		if err := syncData(s.f); err != nil {
+		if err := syncData(l.syncer, s.f); err != nil {
 			return l.abort(fmt.Errorf("wal: fdatasync %q: %w", s.path, err))
 		}
 		l.dirty = false
@@ -596,7 +597,7 @@ func (l *Log) roll() error {
 
 // syncActive fdatasyncs the active segment; a failure fails the log.
 func (l *Log) syncActive() error {
-	if err := syncData(l.cur.f); err != nil {
+	if err := syncData(l.syncer, l.cur.f); err != nil {
 		l.failed = true
 		return fmt.Errorf("wal: fdatasync %q: %w", l.cur.path, err)
 	}
@@ -626,7 +627,7 @@ func (l *Log) cutBack() error {
 	if err := s.f.Truncate(s.size.Load()); err != nil {
 		return fmt.Errorf("wal: cannot cut %q back to %d bytes: %w", s.path, s.size.Load(), err)
 	}
-	if err := syncData(s.f); err != nil {
+	if err := syncData(l.syncer, s.f); err != nil {
 		return fmt.Errorf("wal: cannot sync %q after cutting it back: %w", s.path, err)
 	}
 	l.dirty = false
@@ -879,6 +880,7 @@ func (l *Log) closeFiles() {
 	for _, s := range l.segs {
 		s.f.Close()
 	}
+	l.syncer.close()
 }
 
 // Close makes everything flushed durable and closes the log. A log in the
@@ -905,5 +907,6 @@ func (l *Log) Close() error {
 	}
 	l.segs = nil
 	l.mu.Unlock()
+	l.syncer.close()
 	return err
 }

@@ -1,13 +1,16 @@
 package wal
 
 import (
+	"fmt"
 	"os"
+	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // fdatasync flushes a file's data (and the metadata needed to read it back,
-// such as its size) to stable storage.
+// such as its size) to stable storage, blocking the calling thread.
 func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
 
 // preallocate reserves a segment's full size up front. Appends then stay
@@ -18,4 +21,132 @@ func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
 // zero tail as free space.
 func preallocate(f *os.File, size int64) {
 	_ = unix.Fallocate(int(f.Fd()), 0, 0, size)
+}
+
+// A syncer runs one log's fdatasyncs. A goroutine blocked in the
+// fdatasync system call keeps its P until sysmon takes it back, and the
+// P it gets on return waits its turn behind every runnable worker; on one
+// core that left the CPU idle while workers waited for the sync (wrk, 256
+// connections, fsync mode: 62 records per fdatasync, 1.7 ms from write to
+// release, 0.61 of memory mode's throughput, and the same with the
+// fdatasync skipped entirely). So the syncer submits the fdatasync through
+// Linux AIO (IOCB_CMD_FDSYNC, run by a kernel worker) and waits for its
+// completion on an eventfd through Go's network poller, as a connection
+// waits for bytes: the P runs workers meanwhile, and the waiter is woken
+// like any ready connection (measured: 123 records per fdatasync and 0.79
+// to 0.92 of memory mode with GOMAXPROCS=1).
+//
+// Where AIO is missing or refuses the file, it falls back to the blocking
+// call, bounded by syncSlots. A syncer is used by one goroutine at a time.
+type syncer struct {
+	ctx   uintptr  // aio_context_t; 0 = blocking fallback
+	event *os.File // eventfd the kernel signals on completion, polled
+	buf   [8]byte
+}
+
+// AIO ABI (linux/aio_abi.h).
+const (
+	iocbCmdFdsync = 3
+	iocbFlagResfd = 1
+)
+
+type iocb struct {
+	data      uint64
+	key       uint32
+	rwFlags   int32
+	opcode    uint16
+	reqprio   int16
+	fildes    uint32
+	buf       uint64
+	nbytes    uint64
+	offset    int64
+	reserved2 uint64
+	flags     uint32
+	resfd     uint32
+}
+
+type ioEvent struct {
+	data, obj uint64
+	res, res2 int64
+}
+
+var (
+	aioOnce sync.Once
+	aioOK   bool
+)
+
+// AsyncSync reports whether fdatasyncs run through Linux AIO here, so that
+// waiting for one does not hold a P. If not, the caller should run at least
+// two Ps per CPU in fsync mode.
+func AsyncSync() bool {
+	aioOnce.Do(func() {
+		s := newSyncer()
+		aioOK = s.ctx != 0
+		s.close()
+	})
+	return aioOK
+}
+
+// newSyncer sets up an AIO context and its eventfd, or returns a blocking
+// syncer if the kernel has no AIO (or no room for another context).
+func newSyncer() *syncer {
+	var ctx uintptr
+	if _, _, e := unix.Syscall(unix.SYS_IO_SETUP, 1, uintptr(unsafe.Pointer(&ctx)), 0); e != 0 {
+		return &syncer{}
+	}
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_, _, _ = unix.Syscall(unix.SYS_IO_DESTROY, ctx, 0, 0)
+		return &syncer{}
+	}
+	// A non-blocking descriptor: os.NewFile registers it with the poller.
+	return &syncer{ctx: ctx, event: os.NewFile(uintptr(fd), "aio-eventfd")}
+}
+
+// fdatasync makes f's data durable, as the fdatasync system call does.
+func (s *syncer) fdatasync(f *os.File) error {
+	if s.ctx == 0 {
+		return blockingSync(f)
+	}
+	cb := iocb{opcode: iocbCmdFdsync, fildes: uint32(f.Fd()), flags: iocbFlagResfd, resfd: uint32(s.event.Fd())}
+	p := &cb
+	if _, _, e := unix.Syscall(unix.SYS_IO_SUBMIT, s.ctx, 1, uintptr(unsafe.Pointer(&p))); e != 0 {
+		if e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP {
+			// This file (system) takes no AIO fsync: block instead.
+			return blockingSync(f)
+		}
+		return fmt.Errorf("io_submit: %w", e)
+	}
+	// The submitted fdatasync cannot be cancelled, so wait for it even if
+	// the read fails (only a closed syncer does that).
+	if _, err := s.event.Read(s.buf[:]); err != nil {
+		return fmt.Errorf("aio eventfd: %w", err)
+	}
+	var ev ioEvent
+	var zero unix.Timespec
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_IO_GETEVENTS, s.ctx, 1, 1, uintptr(unsafe.Pointer(&ev)), uintptr(unsafe.Pointer(&zero)), 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return fmt.Errorf("io_getevents: %w", e)
+		}
+		if n != 1 {
+			return fmt.Errorf("io_getevents: %d events after the completion signal", n)
+		}
+		break
+	}
+	if ev.res < 0 {
+		return unix.Errno(-ev.res)
+	}
+	return nil
+}
+
+func (s *syncer) close() {
+	if s.ctx != 0 {
+		_, _, _ = unix.Syscall(unix.SYS_IO_DESTROY, s.ctx, 0, 0)
+		_ = s.event.Close()
+		s.ctx = 0
+	}
 }
