@@ -26,6 +26,8 @@ type segment struct {
 	f    *os.File
 	size atomic.Int64 // bytes written and flushed; readers never look past it
 	mod  atomic.Int64 // unix nanoseconds of the last flush, for retention
+
+	zeroed int64 // the writer's: bytes from the start written, with data or zeros
 }
 
 func (s *segment) end() uint64 { return s.base + uint64(s.size.Load()) }
@@ -567,6 +569,7 @@ func (l *Log) writeBatch(syncNow bool) error {
 	}
 	s := l.cur
 	off := s.size.Load()
+	l.zeroAhead(s, off+int64(len(l.buf)))
 	if err := writeAt(s.f, l.buf, off); err != nil {
 		return l.abort(fmt.Errorf("wal: write %q: %w", s.path, err))
 	}
@@ -583,6 +586,32 @@ func (l *Log) writeBatch(syncNow bool) error {
 		l.synced = s.end()
 	}
 	return nil
+}
+
+// zeroChunk is how far ahead of the data zeroAhead writes zeros.
+const zeroChunk = 256 << 10
+
+var zeros [zeroChunk]byte
+
+// zeroAhead writes zeros over the preallocated space of s from where it
+// last did up to at least end, a zeroChunk at a time. fallocate leaves
+// "unwritten" extents, and the first fdatasync after data lands in one must
+// also write the extent's new state: measured on this machine's ext4,
+// 121-137 µs of CPU and 390-420 µs per 25 KB write and fdatasync, against
+// 86-90 µs and 255-260 µs with zeros written 256 KiB ahead (the metadata
+// then changes once per chunk, not once per batch). Zeros are what
+// recovery reads as free space anyway. It writes only from the end of the
+// data already written (the batch about to be written goes over its
+// zeros); a failed write only ends the speed-up for this segment.
+func (l *Log) zeroAhead(s *segment, end int64) {
+	for s.zeroed < end && s.zeroed < l.segBytes {
+		n := min(zeroChunk, l.segBytes-s.zeroed)
+		if _, err := s.f.WriteAt(zeros[:n], s.zeroed); err != nil {
+			s.zeroed = l.segBytes
+			return
+		}
+		s.zeroed += n
+	}
 }
 
 // roll makes the active segment durable and starts a new one at its end.
@@ -627,6 +656,7 @@ func (l *Log) cutBack() error {
 	if err := s.f.Truncate(s.size.Load()); err != nil {
 		return fmt.Errorf("wal: cannot cut %q back to %d bytes: %w", s.path, s.size.Load(), err)
 	}
+	s.zeroed = min(s.zeroed, s.size.Load())
 	if err := syncData(l.syncer, s.f); err != nil {
 		return fmt.Errorf("wal: cannot sync %q after cutting it back: %w", s.path, err)
 	}
