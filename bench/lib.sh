@@ -92,3 +92,15 @@ jnum() {
 jok() {
 	if grep -q '^  "ok": true' "$1"; then echo PASS; else echo FAIL; fi
 }
+
+# cpu_ticks CPU: "busy total" clock ticks of one CPU so far, from /proc/stat
+# (idle and iowait are not busy). Two readings give the busy share between.
+cpu_ticks() {
+	awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# busy_pct "BUSY0 TOTAL0" "BUSY1 TOTAL1": the busy share between two
+# cpu_ticks readings, in percent.
+busy_pct() {
+	awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'
+}

@@ -7,7 +7,8 @@
 #   CONNECTIONS=256 DURATION=10s ROUNDS=2 bash bench/scaleout.sh
 #
 # 1. POST throughput with wrk (bench/post.lua), busyapi standalone and with
-#    --nats, alternately ROUNDS times in the same run; prints the ratio.
+#    --nats, alternately ROUNDS times in the same run; prints the ratio, and
+#    the ratio per server core (req/s over the server CPU's busy share).
 # 2. Forward lag at 1M users per minute: `busyapi bench --users-per-minute
 #    1000000 --connections 10000` against busyapi --nats for LAG_DURATION,
 #    sampling busyapi_forward_lag_seconds and _usages from /metrics every
@@ -66,28 +67,37 @@ start() {
 	exit 1
 }
 
+# wrkrun: run wrk; print its req/s and the busy share (%) of the server's
+# CPU and of the load CPU meanwhile.
 wrkrun() {
-	local out
+	local out s0 s1 l0 l1
+	s0=$(cpu_ticks "$SERVER_CPU") l0=$(cpu_ticks "$LOAD_CPU")
 	out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/post.lua "http://127.0.0.1:$port/api/usages")
+	s1=$(cpu_ticks "$SERVER_CPU") l1=$(cpu_ticks "$LOAD_CPU")
 	if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
 		echo "scaleout.sh: wrk saw errors:" >&2; echo "$out" >&2; exit 1
 	fi
-	awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out"
+	echo "$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out") $(busy_pct "$s0" "$s1") $(busy_pct "$l0" "$l1")"
 }
 
-echo "== POST throughput, wrk -c$CONNECTIONS -d$DURATION, --ack $ACK (req/s)"
-sum_s=0 sum_n=0
+echo "== POST throughput, wrk -c$CONNECTIONS -d$DURATION, --ack $ACK (req/s; busy share of the server CPU $SERVER_CPU and the load CPU $LOAD_CPU)"
+# Per server core: req/s divided by the server CPU's busy share, the rate one
+# fully used server core would carry. wrk and nats-server share the load CPU;
+# where that CPU is saturated, the plain ratio measures it, not busyapi.
+sum_s=0 sum_n=0 sum_sc=0 sum_nc=0
 for ((r = 1; r <= ROUNDS; r++)); do
 	start standalone
-	s=$(wrkrun)
+	read -r s s_cpu s_load <<<"$(wrkrun)"
 	stop_server
 	start scaleout --nats "nats://127.0.0.1:$natsport"
-	n=$(wrkrun)
+	read -r n n_cpu n_load <<<"$(wrkrun)"
 	stop_server
-	echo "round $r: standalone $s, scale-out $n, ratio $(awk -v a="$n" -v b="$s" 'BEGIN { printf "%.2f", a / b }')"
-	sum_s=$((sum_s + s)) sum_n=$((sum_n + n))
+	sc=$(awk -v a="$s" -v c="$s_cpu" 'BEGIN { printf "%.0f", a * 100 / c }')
+	nc=$(awk -v a="$n" -v c="$n_cpu" 'BEGIN { printf "%.0f", a * 100 / c }')
+	echo "round $r: standalone $s (server CPU $s_cpu%, load CPU $s_load%), scale-out $n (server CPU $n_cpu%, load CPU $n_load%), ratio $(awk -v a="$n" -v b="$s" 'BEGIN { printf "%.2f", a / b }'); per server core: $sc and $nc, ratio $(awk -v a="$nc" -v b="$sc" 'BEGIN { printf "%.2f", a / b }')"
+	sum_s=$((sum_s + s)) sum_n=$((sum_n + n)) sum_sc=$((sum_sc + sc)) sum_nc=$((sum_nc + nc))
 done
-echo "mean: standalone $((sum_s / ROUNDS)), scale-out $((sum_n / ROUNDS)), ratio $(awk -v a="$sum_n" -v b="$sum_s" 'BEGIN { printf "%.2f", a / b }')"
+echo "mean: standalone $((sum_s / ROUNDS)), scale-out $((sum_n / ROUNDS)), ratio $(awk -v a="$sum_n" -v b="$sum_s" 'BEGIN { printf "%.2f", a / b }'); per server core: $((sum_sc / ROUNDS)) and $((sum_nc / ROUNDS)), ratio $(awk -v a="$sum_nc" -v b="$sum_sc" 'BEGIN { printf "%.2f", a / b }')"
 
 echo "== forward lag at 1M users per minute (10,000 connections, $LAG_DURATION)"
 start lag --nats "nats://127.0.0.1:$natsport"
