@@ -21,25 +21,18 @@ port=18084
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-for tool in go wrk taskset; do
-	command -v "$tool" >/dev/null || { echo "batch.sh: $tool not found" >&2; exit 1; }
-done
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-batch.XXXXXX")
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-trap 'stop_server; rm -rf "$tmp"' EXIT
+bench_init go wrk taskset
 go build -o "$tmp/busyapi" .
 
 printf '%-8s %12s %16s %10s\n' ack batches/s usages/s p99
 for mode in memory fsync; do
 	rm -rf "$tmp/data"
 	start_server "$mode" "$port" "$tmp/busyapi" --addr "127.0.0.1:$port" --ack "$mode" --data-dir "$tmp/data"
-	out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/batch.lua \
+	out=$(run_wrk "--ack $mode" -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/batch.lua \
 		"http://127.0.0.1:$port/api/usages/batch")
 	stop_server
-	if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-		echo "batch.sh: wrk saw errors with --ack $mode:" >&2; echo "$out" >&2; exit 1
-	fi
 	rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
 	p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
 	printf '%-8s %12.0f %16.0f %10s\n' "$mode" "$rps" "$(awk -v r="$rps" -v b="$BATCH" 'BEGIN { print r * b }')" "$p99"

@@ -34,13 +34,9 @@ BUSYAPI_FLAGS=${BUSYAPI_FLAGS:-}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-for tool in go wrk taskset; do
-	command -v "$tool" >/dev/null || { echo "compare.sh: $tool not found" >&2; exit 1; }
-done
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-compare.XXXXXX")
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+bench_init go wrk taskset
 
 cleanup() {
 	stop_server
@@ -51,7 +47,6 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 build
 
@@ -59,19 +54,9 @@ build
 # or non-2xx answers.
 bench() {
 	local name=$1 port=$2 script=$3 out
-	out="$tmp/$name.$(basename "$script" .lua).wrk"
-	taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
-		-s "$script" "http://127.0.0.1:$port/api/usages" >"$out" 2>&1 || {
-		echo "compare.sh: wrk failed against $name:" >&2
-		cat "$out" >&2
-		exit 1
-	}
-	if grep -qE 'Non-2xx|Socket errors' "$out"; then
-		echo "compare.sh: wrk saw errors against $name:" >&2
-		cat "$out" >&2
-		exit 1
-	fi
-	awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out"
+	out=$(run_wrk "$name" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$script" "http://127.0.0.1:$port/api/usages")
+	printf '%s\n' "$out" >"$tmp/$name.$(basename "$script" .lua).wrk"
+	awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out"
 }
 
 declare -A plain pipelined

@@ -33,14 +33,9 @@ port=18086
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-for tool in go wrk taskset awk; do
-	command -v "$tool" >/dev/null || { echo "generator.sh: $tool not found" >&2; exit 1; }
-done
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-generator.XXXXXX")
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-trap 'stop_server; rm -rf "$tmp"' EXIT
-trap 'exit 130' INT TERM
+bench_init go wrk taskset awk
 build
 
 url=http://127.0.0.1:$port
@@ -67,14 +62,9 @@ bench() {
 wrk_run() {
 	local out="$tmp/wrk.out" secs cpu
 	(
-		taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$1" "$url/api/usages" >"$out" 2>&1
+		run_wrk empty -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$1" "$url/api/usages" >"$out"
 		times >"$tmp/wrk.times"
 	)
-	if grep -qE 'Non-2xx|Socket errors' "$out"; then
-		echo "generator.sh: wrk saw errors:" >&2
-		cat "$out" >&2
-		exit 1
-	fi
 	# DURATION in seconds: 30s, 2m or 1m30s.
 	secs=$(awk '{ t = 0; while (match($0, /^[0-9.]+[hms]/)) {
 		v = substr($0, 1, RLENGTH - 1); u = substr($0, RLENGTH, 1)

@@ -1,7 +1,7 @@
 # lib.sh: helpers shared by the bench scripts (sourced, not run).
 #
-# They expect: $root (the repo root, the current directory) and $tmp (a
-# scratch directory the caller removes), and set server_pid.
+# They expect $root (the repo root, the current directory) and $tmp (the
+# scratch directory bench_init makes), and set server_pid.
 
 server_pid=
 
@@ -103,4 +103,37 @@ cpu_ticks() {
 # cpu_ticks readings, in percent.
 busy_pct() {
 	awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'
+}
+
+# bench_init TOOL...: fail unless every TOOL is on PATH, make the scratch
+# directory $tmp, and on exit stop the server and remove $tmp. A script
+# with more to clean up sets its own EXIT trap afterwards.
+bench_init() {
+	local tool name
+	name=$(basename "$0" .sh)
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || { echo "$name.sh: $tool not found" >&2; exit 1; }
+	done
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-$name.XXXXXX")
+	trap 'stop_server; rm -rf "$tmp"' EXIT
+	trap 'exit 130' INT TERM
+}
+
+# run_wrk NAME WRK-ARGS...: run wrk on CPU $LOAD_CPU and print its output;
+# exit if wrk fails or saw socket errors or answers other than 2xx. Call it
+# as out=$(run_wrk ...) so that the exit ends the script (set -e).
+run_wrk() {
+	local name=$1 out
+	shift
+	if ! out=$(taskset -c "$LOAD_CPU" wrk "$@" 2>&1); then
+		echo "$(basename "$0"): wrk failed against $name:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+		echo "$(basename "$0"): wrk saw errors against $name:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	printf '%s\n' "$out"
 }

@@ -38,14 +38,9 @@ port=18087
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-for tool in go taskset awk; do
-	command -v "$tool" >/dev/null || { echo "matrix.sh: $tool not found" >&2; exit 1; }
-done
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-matrix.XXXXXX")
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-trap 'stop_server; rm -rf "$tmp"' EXIT
-trap 'exit 130' INT TERM
+bench_init go taskset awk
 build
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 

@@ -30,12 +30,9 @@ natsport=14222
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-for tool in go wrk taskset curl; do
-	command -v "$tool" >/dev/null || { echo "scaleout.sh: $tool not found" >&2; exit 1; }
-done
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-scaleout.XXXXXX")
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+bench_init go wrk taskset curl
 nats_pid=
 cleanup() {
 	stop_server
@@ -72,11 +69,8 @@ start() {
 wrkrun() {
 	local out s0 s1 l0 l1
 	s0=$(cpu_ticks "$SERVER_CPU") l0=$(cpu_ticks "$LOAD_CPU")
-	out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/post.lua "http://127.0.0.1:$port/api/usages")
+	out=$(run_wrk busyapi -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/post.lua "http://127.0.0.1:$port/api/usages")
 	s1=$(cpu_ticks "$SERVER_CPU") l1=$(cpu_ticks "$LOAD_CPU")
-	if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-		echo "scaleout.sh: wrk saw errors:" >&2; echo "$out" >&2; exit 1
-	fi
 	echo "$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out") $(busy_pct "$s0" "$s1") $(busy_pct "$l0" "$l1")"
 }
 
@@ -87,10 +81,12 @@ echo "== POST throughput, wrk -c$CONNECTIONS -d$DURATION, --ack $ACK (req/s; bus
 sum_s=0 sum_n=0 sum_sc=0 sum_nc=0
 for ((r = 1; r <= ROUNDS; r++)); do
 	start standalone
-	read -r s s_cpu s_load <<<"$(wrkrun)"
+	out=$(wrkrun)
+	read -r s s_cpu s_load <<<"$out"
 	stop_server
 	start scaleout --nats "nats://127.0.0.1:$natsport"
-	read -r n n_cpu n_load <<<"$(wrkrun)"
+	out=$(wrkrun)
+	read -r n n_cpu n_load <<<"$out"
 	stop_server
 	sc=$(awk -v a="$s" -v c="$s_cpu" 'BEGIN { printf "%.0f", a * 100 / c }')
 	nc=$(awk -v a="$n" -v c="$n_cpu" 'BEGIN { printf "%.0f", a * 100 / c }')

@@ -49,14 +49,9 @@ port=18085
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-for tool in go taskset awk; do
-	command -v "$tool" >/dev/null || { echo "sweep.sh: $tool not found" >&2; exit 1; }
-done
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busyapi-sweep.XXXXXX")
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-trap 'stop_server; rm -rf "$tmp"' EXIT
-trap 'exit 130' INT TERM
+bench_init go taskset awk
 if [[ -n ${URL:-} ]]; then
 	go build -o "$tmp/busyapi" .
 	target=$URL
