@@ -242,11 +242,11 @@ func TestShutdownDrains(t *testing.T) {
 	}
 }
 
-// TestLazyDeadlines: deadlines are moved lazily (deadline.go), so check that
-// a busy keep-alive connection outlives many read timeouts, that the idle
-// timeout still closes it once it goes quiet, and that a slow body still
-// gets 408 after activity.
-func TestLazyDeadlines(t *testing.T) {
+// TestBusyConnectionTimeouts: the reaper (deadline.go) times requests, not
+// connections, so check that a busy keep-alive connection outlives many read
+// timeouts, that the idle timeout still closes it once it goes quiet, and
+// that a slow body still gets 408 after activity.
+func TestBusyConnectionTimeouts(t *testing.T) {
 	s := newTestServer(t, Config{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 600 * time.Millisecond})
 	addr := startTCP(t, s)
 	c, err := net.Dial("tcp", addr)

@@ -22,23 +22,46 @@ const (
 	lingerBytes   = 64 << 20
 )
 
-type lingerListener struct{ net.Listener }
+type lingerListener struct {
+	net.Listener
+	reaper *reaper
+}
 
 func (l lingerListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &lingerConn{Conn: c}, nil
+	lc := &lingerConn{Conn: c}
+	l.reaper.add(lc)
+	return lc, nil
 }
 
 // lingerConn is every accepted connection: lingering close after errors
-// (this file) and lazy deadlines (deadline.go).
+// (this file) and the reaper's timeouts (deadline.go).
 type lingerConn struct {
 	net.Conn
 	linger atomic.Bool
-	rd, wd lazyDeadline
+	closed atomic.Bool
+
+	// The reaper's: the time the blocked Read (even) or Write (odd) must
+	// end by, unix nanoseconds, 0 when not blocked.
+	due    atomic.Int64
+	reaper *reaper
+	shard  uint8
+	// Written by the connection's goroutine (and by a TLS close_notify on
+	// Close): what the next read waits for (connState) and when the request
+	// and its answer began, unix nanoseconds on the reaper's clock.
+	state         atomic.Uint32
+	start, wstart atomic.Int64
 }
+
+// connState bits.
+const (
+	stateFirst    = 1 << iota // no request yet: the first gets ReadTimeout
+	stateAwaiting             // the next read waits for a new request
+	stateWriting              // an answer is being written
+)
 
 func lingerOnClose(c net.Conn) {
 	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
@@ -52,6 +75,12 @@ func lingerOnClose(c net.Conn) {
 type closeWriter interface{ CloseWrite() error }
 
 func (c *lingerConn) Close() error {
+	if c.closed.Swap(true) {
+		return net.ErrClosed
+	}
+	if c.reaper != nil {
+		c.reaper.remove(c)
+	}
 	if !c.linger.Load() {
 		return c.Conn.Close()
 	}

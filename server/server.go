@@ -232,7 +232,10 @@ type Server struct {
 	fsync   bool
 	stop    chan struct{}
 	bg      sync.WaitGroup
-	meters  *meters
+
+	reaper     *reaper // the connections' timeouts
+	reaperOnce sync.Once
+	meters     *meters
 
 	idem     *idempotency
 	replays  atomic.Uint64 // requests answered from the idempotency cache
@@ -257,7 +260,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters()}
+	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters(),
+		reaper: newReaper(cfg.ReadTimeout, cfg.WriteTimeout, cfg.IdleTimeout)}
 	s.idem = newIdempotency(cfg.IdempotencyBytes, cfg.IdempotencyWindow)
 	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
 	scfg := shard.Config{
@@ -318,14 +322,13 @@ func New(cfg Config) (*Server, error) {
 		go s.retention()
 	}
 	s.http = &fasthttp.Server{
-		Handler:                      s.Handler,
-		ErrorHandler:                 s.ErrorHandler,
-		Name:                         "busyapi",
-		MaxRequestBodySize:           cfg.MaxBodyBytes,
-		HeaderReceived:               s.headerReceived,
-		ReadTimeout:                  cfg.ReadTimeout,
-		WriteTimeout:                 cfg.WriteTimeout,
-		IdleTimeout:                  cfg.IdleTimeout,
+		Handler:            s.Handler,
+		ErrorHandler:       s.ErrorHandler,
+		Name:               "busyapi",
+		MaxRequestBodySize: cfg.MaxBodyBytes,
+		HeaderReceived:     s.headerReceived,
+		// No ReadTimeout, WriteTimeout or IdleTimeout: the reaper enforces
+		// them (deadline.go).
 		Concurrency:                  cfg.MaxConns,
 		DisablePreParseMultipartForm: true,
 		CloseOnShutdown:              true,
@@ -356,7 +359,14 @@ func (s *Server) Config() Config { return s.cfg }
 // Serve accepts connections on ln until Shutdown, over TLS with
 // Config.TLS. It returns nil after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	var l net.Listener = lingerListener{ln}
+	s.reaperOnce.Do(func() {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			s.reaper.run(s.stop)
+		}()
+	})
+	var l net.Listener = lingerListener{Listener: ln, reaper: s.reaper}
 	if s.cfg.TLS != nil {
 		// TLS over the linger and lazy-deadline connection: tls.Conn sets
 		// its deadlines and closes through it.
