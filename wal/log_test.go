@@ -606,3 +606,30 @@ func TestZeroAheadKeepsData(t *testing.T) {
 		t.Fatalf("recovered %d records, wrote %d", got, n)
 	}
 }
+
+// In memory mode the writer hands every writebackChunk of unsynced data to
+// the kernel's writeback, so a roll's fdatasync has little left to write.
+func TestMemoryModeStartsWriteback(t *testing.T) {
+	l, _, err := OpenLog(t.TempDir(), 8<<20, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for id := uint64(1); l.cur.size.Load() < 3*writebackChunk; id++ {
+		if _, err := l.Append(id, testBody(id)); err != nil {
+			t.Fatal(err)
+		}
+		if id%100 == 0 {
+			if err := l.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s := l.cur
+	if size := s.size.Load(); s.writeOut < size-writebackChunk || s.writeOut > size {
+		t.Fatalf("%d bytes handed to writeback of %d written", s.writeOut, size)
+	}
+	if s.zeroed != 0 {
+		t.Fatalf("memory mode wrote zeros ahead (%d bytes)", s.zeroed)
+	}
+}

@@ -23,6 +23,13 @@ func preallocate(f *os.File, size int64) {
 	_ = unix.Fallocate(int(f.Fd()), 0, 0, size)
 }
 
+// startWriteback asks the kernel to start writing out n bytes of f at off,
+// without waiting for it (sync_file_range with SYNC_FILE_RANGE_WRITE). It is
+// advice only: a later fdatasync still makes the data durable.
+func startWriteback(f *os.File, off, n int64) {
+	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+}
+
 // A syncer runs one log's fdatasyncs. A goroutine blocked in the
 // fdatasync system call keeps its P until sysmon takes it back, and the
 // P it gets on return waits its turn behind every runnable worker; on one

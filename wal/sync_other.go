@@ -8,6 +8,8 @@ func fdatasync(f *os.File) error { return f.Sync() }
 
 func preallocate(*os.File, int64) {}
 
+func startWriteback(*os.File, int64, int64) {}
+
 // syncer is the blocking fallback everywhere but Linux.
 type syncer struct{}
 
