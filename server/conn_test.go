@@ -301,3 +301,80 @@ func TestBusyConnectionTimeouts(t *testing.T) {
 		t.Fatalf("408 after %v, want about the 300ms read timeout", d)
 	}
 }
+
+// TestTimeoutPhases: the read timeout runs per request phase as fasthttp
+// reports it, not per write: a Serve started long after New does not cut
+// the first request (the reaper's clock starts with Serve), a body sent
+// after a 100 Continue still gets 408 at the read timeout, and a Shutdown
+// that runs out of time cuts the requests still open.
+func TestTimeoutPhases(t *testing.T) {
+	s := newTestServer(t, Config{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 3 * time.Second})
+	time.Sleep(500 * time.Millisecond) // as a long recovery would
+	addr := startTCP(t, s)
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	time.Sleep(100 * time.Millisecond)
+	if _, err := c.Write(postRequest(sample, "")); err != nil {
+		t.Fatal(err)
+	}
+	var resp fasthttp.Response
+	if err := resp.Read(br); err != nil || resp.StatusCode() != 201 {
+		t.Fatalf("first request 100 ms after connecting: %v %d", err, resp.StatusCode())
+	}
+
+	// 100 Continue is a write in the middle of a request: the body is still
+	// due within the read timeout of the request's first byte.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	br2 := bufio.NewReader(c2)
+	c2.Write([]byte("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+		strconv.Itoa(len(sample)) + "\r\n\r\n"))
+	line, err := br2.ReadString('\n')
+	if err != nil || !strings.Contains(line, "100") {
+		t.Fatalf("no 100 Continue: %q %v", line, err)
+	}
+	_, _ = br2.ReadString('\n') // the blank line after it
+	start := time.Now()
+	var late fasthttp.Response
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := late.Read(br2); err != nil || late.StatusCode() != 408 {
+		t.Fatalf("body never sent after 100 Continue: %v %d, want 408", err, late.StatusCode())
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("408 after %v, want about the 300 ms read timeout", d)
+	}
+}
+
+func TestShutdownOutOfTimeCutsConnections(t *testing.T) {
+	s := newTestServer(t, Config{ReadTimeout: 10 * time.Second})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Half a request: the server waits for the rest, for up to 10 s.
+	c.Write([]byte("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"))
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); err == nil {
+		t.Fatal("Shutdown with a request open returned nil before its deadline")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("the open request was not cut after Shutdown ran out of time: %v", err)
+	}
+}

@@ -24,13 +24,14 @@ import (
 //     into the past, so the blocked call returns a timeout error, as with
 //     fasthttp's own timeouts (and gets the same 408 or close).
 //
-// What the time is: a Read that waits for a new request (the first on a
-// connection, or the first after an answer was written) must see a byte
-// within IdleTimeout (ReadTimeout for a connection's first request); the
-// reads after it, within ReadTimeout of that first byte. The writes of one
-// answer must end within WriteTimeout of its first. Timeouts fire between
-// the configured time and two ticks later (tick = the shortest timeout / 8,
-// between 5 ms and 250 ms); never early.
+// What the time is: from a connection's accept to its first request's first
+// byte, and from a request's first byte until it is read, ReadTimeout; from
+// the end of an answer to the next request's first byte, IdleTimeout (the
+// phases come from fasthttp's ConnState hook, so writes that are not
+// answers, such as 100 Continue or TLS handshake and key-update messages,
+// restart nothing); the writes of a phase must end within WriteTimeout of
+// its first. Timeouts fire between the configured time and two ticks later
+// (tick = the shortest timeout / 8, between 5 ms and 250 ms); never early.
 type reaper struct {
 	read, write, idle, tick int64 // nanoseconds
 	now                     atomic.Int64
@@ -60,7 +61,8 @@ func newReaper(read, write, idle time.Duration) *reaper {
 func (r *reaper) add(c *lingerConn) {
 	c.reaper = r
 	c.shard = uint8(r.next.Add(1) % reaperShards)
-	c.state.Store(stateFirst | stateAwaiting)
+	c.start.Store(r.now.Load())
+	c.phase.Store(phaseFirst)
 	sh := &r.shards[c.shard]
 	sh.mu.Lock()
 	sh.conns[c] = struct{}{}
@@ -112,31 +114,43 @@ func (r *reaper) sweep(now int64) {
 	}
 }
 
+// enter starts a phase: fasthttp's ConnState hook calls it when a request's
+// first byte arrives (phaseActive) and when its answer is written
+// (phaseIdle).
+func (c *lingerConn) enter(phase uint32) {
+	if r := c.reaper; r != nil {
+		c.start.Store(r.now.Load())
+		c.phase.Store(phase)
+	}
+}
+
+// cutAll cuts every connection at once (a Shutdown that ran out of time).
+func (r *reaper) cutAll() {
+	past := time.Unix(1, 0)
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for c := range sh.conns {
+			_ = c.Conn.SetDeadline(past)
+		}
+		sh.mu.Unlock()
+	}
+}
+
 // Read is net.Conn's, under the reaper's read and idle timeouts.
 func (c *lingerConn) Read(p []byte) (int, error) {
 	r := c.reaper
 	if r == nil {
 		return c.Conn.Read(p)
 	}
-	st := c.state.Load()
-	var due int64
-	switch {
-	case st&stateFirst != 0:
-		due = r.now.Load() + r.read
-	case st&stateAwaiting != 0:
-		due = r.now.Load() + r.idle
-	default:
-		due = c.start.Load() + r.read
+	limit := r.read
+	if c.phase.Load()&^phaseWrote == phaseIdle {
+		limit = r.idle
 	}
-	due &^= 1 // even: a read
+	due := (c.start.Load() + limit) &^ 1 // even: a read
 	c.due.Store(due)
 	n, err := c.Conn.Read(p)
 	c.due.Store(0)
-	if n > 0 && st&stateAwaiting != 0 {
-		// The first bytes of a request: its read timeout runs from here.
-		c.start.Store(r.now.Load())
-		c.state.Store(0)
-	}
 	return n, err
 }
 
@@ -146,11 +160,10 @@ func (c *lingerConn) Write(p []byte) (int, error) {
 	if r == nil {
 		return c.Conn.Write(p)
 	}
-	if st := c.state.Load(); st&stateWriting == 0 {
-		// The first write of an answer: its write timeout runs from here,
-		// and the next read waits for a new request.
+	if ph := c.phase.Load(); ph&phaseWrote == 0 {
+		// The phase's first write: its write timeout runs from here.
 		c.wstart.Store(r.now.Load())
-		c.state.Store(st | stateWriting | stateAwaiting)
+		c.phase.Store(ph | phaseWrote)
 	}
 	due := (c.wstart.Load() + r.write) | 1 // odd: a write
 	c.due.Store(due)

@@ -38,6 +38,11 @@ func (c *stuckConn) Write(p []byte) (int, error) {
 
 func (c *stuckConn) Close() error { return nil }
 
+func (c *stuckConn) SetDeadline(t time.Time) error {
+	_ = c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
 func (c *stuckConn) SetReadDeadline(t time.Time) error {
 	if t.Before(time.Now()) {
 		close(c.readCut)
@@ -66,9 +71,10 @@ func blocked(t *testing.T, c *lingerConn) int64 {
 	return 0
 }
 
-// TestReaper drives the reaper's clock by hand: each timeout (the first
-// request's read, a request's write, the idle wait for the next request)
-// cuts the blocked call a tick after its time and not before.
+// TestReaper drives the reaper's clock and the connection's phases by hand:
+// each timeout (the first request's read, a write, a request's read after a
+// write, the idle wait for the next request) cuts the blocked call a tick
+// after its time and not before.
 func TestReaper(t *testing.T) {
 	r := newReaper(100*time.Millisecond, 200*time.Millisecond, 400*time.Millisecond)
 	if r.tick != int64(12500*time.Microsecond) {
@@ -109,21 +115,47 @@ func TestReaper(t *testing.T) {
 	go func() { _, err := c.Read(make([]byte, 8)); errs <- err }()
 	cutAt("first read", t0+r.read)
 
-	// A request arrives (clock at t1); its answer is written: the write
-	// timeout runs from the answer's first write.
+	// A request arrives (fasthttp reports it active at t1); a write during
+	// it (100 Continue, say) starts the write timeout but leaves the read
+	// timeout running from the request's first byte.
 	sc.readCut, sc.data = make(chan struct{}), make(chan []byte, 1)
-	r.now.Store(t0 + int64(time.Second))
+	t1 := t0 + int64(time.Second)
+	r.now.Store(t1)
+	c.enter(phaseActive)
 	sc.data <- []byte("POST")
 	if n, err := c.Read(make([]byte, 8)); n != 4 || err != nil {
 		t.Fatalf("read %d, %v", n, err)
 	}
-	go func() { _, err := c.Write([]byte("HTTP/1.1 201")); errs <- err }()
-	cutAt("write", t0+int64(time.Second)+r.write)
-
-	// After an answer, the next read waits for a new request: idle timeout.
-	r.now.Store(t0 + 2*int64(time.Second))
+	r.now.Store(t1 + int64(50*time.Millisecond))
+	go func() { _, err := c.Write([]byte("HTTP/1.1 100 Continue")); errs <- err }()
+	cutAt("write", t1+int64(50*time.Millisecond)+r.write)
+	sc.readCut = make(chan struct{})
 	go func() { _, err := c.Read(make([]byte, 8)); errs <- err }()
-	cutAt("idle read", t0+2*int64(time.Second)+r.idle)
+	cutAt("body read after a write", t1+r.read)
+
+	// After the answer (idle at t2), the next read waits for a new request:
+	// idle timeout from t2.
+	sc.readCut = make(chan struct{})
+	t2 := t0 + 2*int64(time.Second)
+	r.now.Store(t2)
+	c.enter(phaseIdle)
+	go func() { _, err := c.Read(make([]byte, 8)); errs <- err }()
+	cutAt("idle read", t2+r.idle)
+
+	// A Shutdown out of time cuts every connection at once.
+	sc.readCut = make(chan struct{})
+	sc.writeCut = make(chan struct{})
+	go func() { _, err := c.Read(make([]byte, 8)); errs <- err }()
+	blocked(t, c)
+	r.cutAll()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("cutAll: %v, want a timeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("cutAll did not cut")
+	}
 
 	if c.Close() != nil || c.Close() == nil {
 		t.Fatal("Close: want nil, then an error")

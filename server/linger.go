@@ -49,25 +49,33 @@ type lingerConn struct {
 	due    atomic.Int64
 	reaper *reaper
 	shard  uint8
-	// Written by the connection's goroutine (and by a TLS close_notify on
-	// Close): what the next read waits for (connState) and when the request
-	// and its answer began, unix nanoseconds on the reaper's clock.
-	state         atomic.Uint32
+	// The connection's phase (set by fasthttp's ConnState hook: a request
+	// is active from its first byte until its answer is written, then the
+	// connection is idle), when the phase began, and when its first write
+	// began; unix nanoseconds on the reaper's clock.
+	phase         atomic.Uint32
 	start, wstart atomic.Int64
 }
 
-// connState bits.
+// Phases, and a bit set once the phase has written.
 const (
-	stateFirst    = 1 << iota // no request yet: the first gets ReadTimeout
-	stateAwaiting             // the next read waits for a new request
-	stateWriting              // an answer is being written
+	phaseFirst  = iota // accepted, no request yet: ReadTimeout from accept
+	phaseActive        // reading or answering a request: ReadTimeout from its first byte
+	phaseIdle          // waiting for the next request: IdleTimeout
+	phaseWrote  = 4
 )
 
-func lingerOnClose(c net.Conn) {
+// lingerConnOf returns the *lingerConn under c (also under TLS), or nil.
+func lingerConnOf(c net.Conn) *lingerConn {
 	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
 		c = tc.NetConn() // *tls.Conn over our *lingerConn
 	}
-	if lc, ok := c.(*lingerConn); ok {
+	lc, _ := c.(*lingerConn)
+	return lc
+}
+
+func lingerOnClose(c net.Conn) {
+	if lc := lingerConnOf(c); lc != nil {
 		lc.linger.Store(true)
 	}
 }

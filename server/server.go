@@ -328,7 +328,8 @@ func New(cfg Config) (*Server, error) {
 		MaxRequestBodySize: cfg.MaxBodyBytes,
 		HeaderReceived:     s.headerReceived,
 		// No ReadTimeout, WriteTimeout or IdleTimeout: the reaper enforces
-		// them (deadline.go).
+		// them (deadline.go), with the phases ConnState reports.
+		ConnState:                    connState,
 		Concurrency:                  cfg.MaxConns,
 		DisablePreParseMultipartForm: true,
 		CloseOnShutdown:              true,
@@ -360,6 +361,8 @@ func (s *Server) Config() Config { return s.cfg }
 // Config.TLS. It returns nil after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.reaperOnce.Do(func() {
+		// The clock from New may be as old as the log's recovery.
+		s.reaper.now.Store(time.Now().UnixNano())
 		s.bg.Add(1)
 		go func() {
 			defer s.bg.Done()
@@ -388,6 +391,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return errors.New("server: already shut down")
 	}
 	err := s.http.ShutdownWithContext(ctx)
+	if err != nil {
+		// Out of time with requests still open: cut them now, since the
+		// reaper stops with the rest.
+		s.reaper.cutAll()
+	}
 	close(s.stop)
 	s.bg.Wait()
 	s.set.Close()
@@ -462,5 +470,19 @@ type fasthttpLogger struct{ l *slog.Logger }
 func (f fasthttpLogger) Printf(format string, args ...any) {
 	if f.l.Enabled(context.Background(), slog.LevelDebug) {
 		f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	}
+}
+
+// connState moves a connection's timeout phase with fasthttp's view of it.
+func connState(c net.Conn, st fasthttp.ConnState) {
+	switch st {
+	case fasthttp.StateActive:
+		if lc := lingerConnOf(c); lc != nil {
+			lc.enter(phaseActive)
+		}
+	case fasthttp.StateIdle:
+		if lc := lingerConnOf(c); lc != nil {
+			lc.enter(phaseIdle)
+		}
 	}
 }

@@ -673,6 +673,7 @@ func (l *Log) cutBack() error {
 		return fmt.Errorf("wal: cannot cut %q back to %d bytes: %w", s.path, s.size.Load(), err)
 	}
 	s.zeroed = min(s.zeroed, s.size.Load())
+	s.writeOut = min(s.writeOut, s.size.Load())
 	if err := syncData(l.syncer, s.f); err != nil {
 		return fmt.Errorf("wal: cannot sync %q after cutting it back: %w", s.path, err)
 	}

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -83,13 +84,24 @@ var (
 )
 
 // AsyncSync reports whether fdatasyncs run through Linux AIO here, so that
-// waiting for one does not hold a P. If not, the caller should run at least
-// two Ps per CPU in fsync mode.
+// waiting for one does not hold a P: an AIO fdatasync of a scratch file in
+// the temporary directory must succeed (kernels before 4.18 refuse
+// IOCB_CMD_FDSYNC). If not, the caller should run at least two Ps per CPU
+// in fsync mode.
 func AsyncSync() bool {
 	aioOnce.Do(func() {
 		s := newSyncer()
-		aioOK = s.ctx != 0
-		s.close()
+		defer s.close()
+		if s.ctx == 0 {
+			return
+		}
+		f, err := os.CreateTemp("", "busyapi-aio-probe-*")
+		if err != nil {
+			return
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		aioOK = s.aioFdatasync(f) == nil
 	})
 	return aioOK
 }
@@ -110,22 +122,36 @@ func newSyncer() *syncer {
 	return &syncer{ctx: ctx, event: os.NewFile(uintptr(fd), "aio-eventfd")}
 }
 
+// errNoAIOSync is aioFdatasync's answer when the kernel or the file system
+// takes no AIO fdatasync.
+var errNoAIOSync = errors.New("wal: no AIO fdatasync here")
+
 // fdatasync makes f's data durable, as the fdatasync system call does.
 func (s *syncer) fdatasync(f *os.File) error {
 	if s.ctx == 0 {
 		return blockingSync(f)
 	}
+	err := s.aioFdatasync(f)
+	if errors.Is(err, errNoAIOSync) {
+		// This file (system) takes no AIO fsync: block instead.
+		return blockingSync(f)
+	}
+	return err
+}
+
+// aioFdatasync runs fdatasync of f through AIO and waits for it in the
+// network poller.
+func (s *syncer) aioFdatasync(f *os.File) error {
 	cb := iocb{opcode: iocbCmdFdsync, fildes: uint32(f.Fd()), flags: iocbFlagResfd, resfd: uint32(s.event.Fd())}
 	p := &cb
 	if _, _, e := unix.Syscall(unix.SYS_IO_SUBMIT, s.ctx, 1, uintptr(unsafe.Pointer(&p))); e != 0 {
 		if e == unix.EINVAL || e == unix.ENOSYS || e == unix.EOPNOTSUPP {
-			// This file (system) takes no AIO fsync: block instead.
-			return blockingSync(f)
+			return errNoAIOSync
 		}
 		return fmt.Errorf("io_submit: %w", e)
 	}
-	// The submitted fdatasync cannot be cancelled, so wait for it even if
-	// the read fails (only a closed syncer does that).
+	// Only a closed syncer fails this read; its io_destroy waits for the
+	// submitted fdatasync.
 	if _, err := s.event.Read(s.buf[:]); err != nil {
 		return fmt.Errorf("aio eventfd: %w", err)
 	}
