@@ -95,20 +95,30 @@ func (r *reaper) run(stop <-chan struct{}) {
 // its time (by a tick: the time was taken from a clock up to a tick behind).
 func (r *reaper) sweep(now int64) {
 	r.now.Store(now)
-	past := time.Unix(1, 0)
+	r.each(func(c *lingerConn) {
+		due := c.due.Load()
+		if due == 0 || now < due&^1+r.tick || !c.due.CompareAndSwap(due, 0) {
+			return
+		}
+		if due&1 != 0 {
+			_ = c.Conn.SetWriteDeadline(pastDeadline)
+		} else {
+			_ = c.Conn.SetReadDeadline(pastDeadline)
+		}
+	})
+}
+
+// pastDeadline is a deadline that has passed: set on a socket, it ends the
+// blocked call with a timeout.
+var pastDeadline = time.Unix(1, 0)
+
+// each calls fn for every watched connection, under its shard's lock.
+func (r *reaper) each(fn func(*lingerConn)) {
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.Lock()
 		for c := range sh.conns {
-			due := c.due.Load()
-			if due == 0 || now < due&^1+r.tick || !c.due.CompareAndSwap(due, 0) {
-				continue
-			}
-			if due&1 != 0 {
-				_ = c.Conn.SetWriteDeadline(past)
-			} else {
-				_ = c.Conn.SetReadDeadline(past)
-			}
+			fn(c)
 		}
 		sh.mu.Unlock()
 	}
@@ -126,15 +136,7 @@ func (c *lingerConn) enter(phase uint32) {
 
 // cutAll cuts every connection at once (a Shutdown that ran out of time).
 func (r *reaper) cutAll() {
-	past := time.Unix(1, 0)
-	for i := range r.shards {
-		sh := &r.shards[i]
-		sh.mu.Lock()
-		for c := range sh.conns {
-			_ = c.Conn.SetDeadline(past)
-		}
-		sh.mu.Unlock()
-	}
+	r.each(func(c *lingerConn) { _ = c.Conn.SetDeadline(pastDeadline) })
 }
 
 // Read is net.Conn's, under the reaper's read and idle timeouts.
