@@ -25,18 +25,10 @@ func BenchmarkForward(b *testing.B) {
 	for id := uint64(1); id <= uint64(b.N); id++ {
 		s.Append(int(id%4), id, []byte(usageBody(id)))
 		if id%1000 == 0 {
-			for i := 0; i < 4; i++ {
-				if err := s.Flush(i); err != nil {
-					b.Fatal(err)
-				}
-			}
+			flushAll(b, s, 4)
 		}
 	}
-	for i := 0; i < 4; i++ {
-		if err := s.Flush(i); err != nil {
-			b.Fatal(err)
-		}
-	}
+	flushAll(b, s, 4)
 	cfg := Config{URLs: ns}
 	if err := cfg.SetDefaults(); err != nil {
 		b.Fatal(err)
@@ -51,7 +43,8 @@ func BenchmarkForward(b *testing.B) {
 		b.Fatal(err)
 	}
 	// Create the stream first, outside the timing.
-	if err := func() error { f.ctx = context.Background(); return f.ensureStream() }(); err != nil {
+	f.ctx = context.Background()
+	if err := f.ensureStream(); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()

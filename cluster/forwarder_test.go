@@ -111,16 +111,18 @@ func appendUsages(t *testing.T, s *wal.Store, from, to uint64) {
 		s.Append(sh, id, []byte(usageBody(id)))
 		if id%50 == 0 {
 			s.Append(sh, 0, []byte(`{"meta":"an idempotency answer"}`))
-			for i := 0; i < 2; i++ {
-				if err := s.Flush(i); err != nil {
-					t.Fatal(err)
-				}
-			}
+			flushAll(t, s, 2)
 		}
 	}
-	for i := 0; i < 2; i++ {
+	flushAll(t, s, 2)
+}
+
+// flushAll flushes shards 0..shards-1 of s.
+func flushAll(tb testing.TB, s *wal.Store, shards int) {
+	tb.Helper()
+	for i := range shards {
 		if err := s.Flush(i); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 }

@@ -183,7 +183,7 @@ func (k *conn) runClosed() {
 	l := &k.l
 	defer k.sh.flush(l)
 	if d := r.t0 - mono(); d > 0 {
-		time.Sleep(time.Duration(d))
+		sleep(d)
 	}
 	for {
 		now := mono()
@@ -409,14 +409,16 @@ func (k *conn) runOpenPipelined() {
 			}
 			s.window <- d
 			m++
+			if d >= r.measureStart {
+				// Released while request i waited: sent late.
+				l.c.measured++
+				l.c.late++
+			}
 		}
 		sent := mono()
-		for j := range m {
-			if r.due(k.phase, i+j) < r.measureStart {
-				continue
-			}
+		if due >= r.measureStart {
 			l.c.measured++
-			if j == 0 && idle {
+			if idle {
 				// The window had room when the request fell due, so any
 				// delay until now is the generator's own.
 				l.lag = append(l.lag, sent-due)

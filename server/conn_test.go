@@ -311,9 +311,8 @@ func expect408(t *testing.T, c net.Conn, br *bufio.Reader, what string) {
 
 // TestTimeoutPhases: the read timeout runs per request phase as fasthttp
 // reports it, not per write: a Serve started long after New does not cut
-// the first request (the reaper's clock starts with Serve), a body sent
-// after a 100 Continue still gets 408 at the read timeout, and a Shutdown
-// that runs out of time cuts the requests still open.
+// the first request (the reaper's clock starts with Serve), and a body sent
+// after a 100 Continue still gets 408 at the read timeout.
 func TestTimeoutPhases(t *testing.T) {
 	s := newTestServer(t, Config{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 3 * time.Second})
 	time.Sleep(500 * time.Millisecond) // as a long recovery would
@@ -352,6 +351,9 @@ func TestTimeoutPhases(t *testing.T) {
 	expect408(t, c2, br2, "body never sent after 100 Continue")
 }
 
+// TestShutdownOutOfTimeCutsConnections: a Shutdown that runs out of time
+// cuts the requests still open, though the reaper stops with it. (Not
+// startTCP: its cleanup shuts down again and checks Serve's error.)
 func TestShutdownOutOfTimeCutsConnections(t *testing.T) {
 	s := newTestServer(t, Config{ReadTimeout: 10 * time.Second})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
