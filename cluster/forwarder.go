@@ -534,9 +534,6 @@ func (f *Forwarder) read(b *batch, from []uint64) error {
 			if pass == 0 {
 				quota = min((f.maxBatch+n-1)/n, left)
 			}
-			if b.next[i] >= f.store.End(i) {
-				continue
-			}
 			taken := 0
 			pos, buf, err := f.store.ReadFrom(i, b.next[i], b.buf, func(id uint64, body []byte) bool {
 				if id == 0 {

@@ -474,8 +474,6 @@ func segmentNames(dir string) ([]string, error) {
 
 func segmentName(base uint64) string { return fmt.Sprintf("%020d%s", base, segSuffix) }
 
-// syncDir fsyncs a directory so that a created, renamed or removed file in it
-// survives a crash.
 // SyncDir fsyncs a directory, so that files created, renamed or removed in
 // it survive a crash.
 func SyncDir(dir string) error {
@@ -583,11 +581,12 @@ func (l *Log) writeBatch(syncNow bool) error {
 		}
 		l.dirty = false
 	}
-	s.size.Store(off + int64(len(l.buf)))
+	end := off + int64(len(l.buf))
+	s.size.Store(end)
 	s.mod.Store(time.Now().UnixNano())
 	if syncNow {
 		l.synced = s.end()
-	} else if end := s.size.Load(); end-s.writeOut >= writebackChunk {
+	} else if end-s.writeOut >= writebackChunk {
 		startWriteback(s.f, s.writeOut, end-s.writeOut)
 		s.writeOut = end
 	}
@@ -673,7 +672,6 @@ func (l *Log) cutBack() error {
 		return fmt.Errorf("wal: cannot cut %q back to %d bytes: %w", s.path, s.size.Load(), err)
 	}
 	s.zeroed = min(s.zeroed, s.size.Load())
-	s.writeOut = min(s.writeOut, s.size.Load())
 	if err := syncData(l.syncer, s.f); err != nil {
 		return fmt.Errorf("wal: cannot sync %q after cutting it back: %w", s.path, err)
 	}

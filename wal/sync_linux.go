@@ -133,7 +133,9 @@ func (s *syncer) fdatasync(f *os.File) error {
 	}
 	err := s.aioFdatasync(f)
 	if errors.Is(err, errNoAIOSync) {
-		// This file (system) takes no AIO fsync: block instead.
+		// This file system takes no AIO fsync (a syncer serves one log, in
+		// one directory): block instead, from now on.
+		s.close()
 		return blockingSync(f)
 	}
 	return err
