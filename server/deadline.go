@@ -62,7 +62,6 @@ func (r *reaper) add(c *lingerConn) {
 	c.reaper = r
 	c.shard = uint8(r.next.Add(1) % reaperShards)
 	c.start.Store(r.now.Load())
-	c.phase.Store(phaseFirst)
 	sh := &r.shards[c.shard]
 	sh.mu.Lock()
 	sh.conns[c] = struct{}{}
@@ -128,10 +127,8 @@ func (r *reaper) each(fn func(*lingerConn)) {
 // first byte arrives (phaseActive) and when its answer is written
 // (phaseIdle).
 func (c *lingerConn) enter(phase uint32) {
-	if r := c.reaper; r != nil {
-		c.start.Store(r.now.Load())
-		c.phase.Store(phase)
-	}
+	c.start.Store(c.reaper.now.Load())
+	c.phase.Store(phase)
 }
 
 // cutAll cuts every connection at once (a Shutdown that ran out of time).
@@ -142,9 +139,6 @@ func (r *reaper) cutAll() {
 // Read is net.Conn's, under the reaper's read and idle timeouts.
 func (c *lingerConn) Read(p []byte) (int, error) {
 	r := c.reaper
-	if r == nil {
-		return c.Conn.Read(p)
-	}
 	limit := r.read
 	if c.phase.Load()&^phaseWrote == phaseIdle {
 		limit = r.idle
@@ -159,9 +153,6 @@ func (c *lingerConn) Read(p []byte) (int, error) {
 // Write is net.Conn's, under the reaper's write timeout.
 func (c *lingerConn) Write(p []byte) (int, error) {
 	r := c.reaper
-	if r == nil {
-		return c.Conn.Write(p)
-	}
 	if ph := c.phase.Load(); ph&phaseWrote == 0 {
 		// The phase's first write: its write timeout runs from here.
 		c.wstart.Store(r.now.Load())

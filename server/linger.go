@@ -59,8 +59,7 @@ type lingerConn struct {
 
 // Phases, and a bit set once the phase has written.
 const (
-	phaseFirst  = iota // accepted, no request yet: ReadTimeout from accept
-	phaseActive        // reading or answering a request: ReadTimeout from its first byte
+	phaseActive = iota // from accept, or a request's first byte: ReadTimeout
 	phaseIdle          // waiting for the next request: IdleTimeout
 	phaseWrote  = 4
 )
@@ -86,9 +85,7 @@ func (c *lingerConn) Close() error {
 	if c.closed.Swap(true) {
 		return net.ErrClosed
 	}
-	if c.reaper != nil {
-		c.reaper.remove(c)
-	}
+	c.reaper.remove(c)
 	if !c.linger.Load() {
 		return c.Conn.Close()
 	}

@@ -233,9 +233,8 @@ type Server struct {
 	stop    chan struct{}
 	bg      sync.WaitGroup
 
-	reaper     *reaper // the connections' timeouts
-	reaperOnce sync.Once
-	meters     *meters
+	reaper *reaper // the connections' timeouts
+	meters *meters
 
 	idem     *idempotency
 	replays  atomic.Uint64 // requests answered from the idempotency cache
@@ -260,8 +259,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters(),
-		reaper: newReaper(cfg.ReadTimeout, cfg.WriteTimeout, cfg.IdleTimeout)}
+	s := &Server{cfg: cfg, log: cfg.Logger, fsync: cfg.Ack == AckFsync, stop: make(chan struct{}), meters: newMeters()}
 	s.idem = newIdempotency(cfg.IdempotencyBytes, cfg.IdempotencyWindow)
 	s.cache = store.NewCache(cfg.CacheBytes, cfg.Shards)
 	scfg := shard.Config{
@@ -321,6 +319,14 @@ func New(cfg Config) (*Server, error) {
 		s.bg.Add(1)
 		go s.retention()
 	}
+	// The connections' timeouts, with a clock that starts now, after the
+	// log's recovery.
+	s.reaper = newReaper(cfg.ReadTimeout, cfg.WriteTimeout, cfg.IdleTimeout)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.reaper.run(s.stop)
+	}()
 	s.http = &fasthttp.Server{
 		Handler:            s.Handler,
 		ErrorHandler:       s.ErrorHandler,
@@ -360,15 +366,6 @@ func (s *Server) Config() Config { return s.cfg }
 // Serve accepts connections on ln until Shutdown, over TLS with
 // Config.TLS. It returns nil after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.reaperOnce.Do(func() {
-		// The clock from New may be as old as the log's recovery.
-		s.reaper.now.Store(time.Now().UnixNano())
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			s.reaper.run(s.stop)
-		}()
-	})
 	var l net.Listener = lingerListener{Listener: ln, reaper: s.reaper}
 	if s.cfg.TLS != nil {
 		// TLS over the linger and lazy-deadline connection: tls.Conn sets
