@@ -139,9 +139,11 @@ func (s *Server) storeBatch(ctx *fasthttp.RequestCtx, b *shard.Batch, claim *ide
 	// Batches are big and few: rather than refuse one because its shard
 	// has too many queued, wait for the drainer, for up to a second, then
 	// answer 503.
-	for deadline := time.Now().Add(batchWait); errors.Is(err, shard.ErrFull) && time.Now().Before(deadline); {
-		s.set.WaitRoom(hint)
-		ids, ticket, err = s.set.PutBatch(hint, b, ids[:0])
+	if errors.Is(err, shard.ErrFull) {
+		for deadline := time.Now().Add(batchWait); errors.Is(err, shard.ErrFull) && time.Now().Before(deadline); {
+			s.set.WaitRoom(hint)
+			ids, ticket, err = s.set.PutBatch(hint, b, ids[:0])
+		}
 	}
 	*ip = ids[:0]
 	if err != nil {

@@ -2,11 +2,8 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"io"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -25,9 +22,6 @@ import (
 // backlog after its cursor). It never waits for NATS. scfg is the shards'
 // configuration, for the id source.
 func (s *Server) startCluster(scfg *shard.Config) error {
-	if s.wal == nil {
-		return errors.New("scale-out mode (--nats) forwards the durable log: set --data-dir")
-	}
 	conn, err := cluster.Dial(s.cfg.NATS, s.log)
 	if err != nil {
 		return err
@@ -52,16 +46,10 @@ func (s *Server) startCluster(scfg *shard.Config) error {
 // waits for NATS; until a lease succeeds, POSTs answer 503 with
 // Retry-After, and the shards retry with backoff.
 func (s *Server) leaseClusterIDs(conn *cluster.Conn, scfg *shard.Config) {
-	var (
-		mu     sync.Mutex
-		leaser *idlease.Leaser
-	)
+	var leaser *idlease.Leaser // LeaseBlocks is never called concurrently
 	block, floor, nc := scfg.IDBlock, scfg.FirstID, s.cfg.NATS
 	scfg.LeaseBlocks = func(n uint64) (uint64, error) {
-		mu.Lock()
-		l := leaser
-		mu.Unlock()
-		if l == nil {
+		if leaser == nil {
 			js, err := conn.JetStream()
 			if err != nil {
 				return 0, err
@@ -72,12 +60,9 @@ func (s *Server) leaseClusterIDs(conn *cluster.Conn, scfg *shard.Config) {
 			if err != nil {
 				return 0, err
 			}
-			l = idlease.New(kv, block, floor)
-			mu.Lock()
-			leaser = l
-			mu.Unlock()
+			leaser = idlease.New(kv, block, floor)
 		}
-		return l.Lease(n)
+		return leaser.Lease(n)
 	}
 }
 
@@ -153,9 +138,7 @@ func (s *Server) readyBody(ctx *fasthttp.RequestCtx) {
 		b = append(b, `disconnected"`...)
 	}
 	if st.Problem != "" {
-		b = append(b, `,"forward_error":`...)
-		q, _ := json.Marshal(st.Problem)
-		b = append(b, q...)
+		b = appendJSONString(append(b, `,"forward_error":`...), st.Problem)
 	}
 	b = append(b, '}')
 	ctx.Response.SetBody(b)

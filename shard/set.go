@@ -64,7 +64,8 @@ type Config struct {
 	// (LeaseWindow blocks at a time, the next one fetched in the background
 	// while half of the current is left), records each range's end with
 	// LeaseIDs (if set) before using it, and until the first lease
-	// succeeds, Put returns ErrIDsUnavailable.
+	// succeeds, Put returns ErrIDsUnavailable. It is called by New and
+	// then by one background goroutine, never concurrently.
 	LeaseBlocks func(n uint64) (uint64, error)
 }
 
