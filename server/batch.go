@@ -95,29 +95,26 @@ func (s *Server) postBatch(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, status, reasonOf(status), msg)
 		return
 	}
+	var claim *idemClaim
 	if key, present, ok := idemKey(&ctx.Request.Header); present {
-		s.storeKeyed(ctx, b, routeBatch, body, key, ok)
-		return
+		if claim = s.claimKey(ctx, routeBatch, body, key, ok); claim == nil {
+			b.Release()
+			return
+		}
 	}
-	s.storeBatch(ctx, b, nil, routeBatch)
+	s.storeBatch(ctx, b, claim, routeBatch)
 }
 
-// storeKeyed stores b, the usages of body, for a request that carries an
-// Idempotency-Key (key and ok as idemKey returns them): a malformed key
-// answers 400, a key already answered or in flight gets that answer (or
-// 409, 422), and otherwise b is stored under a claim on the key.
-func (s *Server) storeKeyed(ctx *fasthttp.RequestCtx, b *shard.Batch, route int, body, key []byte, ok bool) {
+// claimKey claims the Idempotency-Key of a request (key and ok as idemKey
+// returns them) for storing body: a malformed key answers 400, a key
+// already answered or in flight gets that answer (or 409, 422), and nil is
+// returned; otherwise the claim, under which the request is to be stored.
+func (s *Server) claimKey(ctx *fasthttp.RequestCtx, route int, body, key []byte, ok bool) *idemClaim {
 	if !ok {
-		b.Release()
 		s.fail(ctx, fasthttp.StatusBadRequest, ReasonInvalid, errIdemKey)
-		return
+		return nil
 	}
-	claim := s.idem.begin(s, ctx, key, route, body)
-	if claim == nil {
-		b.Release()
-		return
-	}
-	s.storeBatch(ctx, b, claim, route)
+	return s.idem.begin(s, ctx, key, route, body)
 }
 
 // storeBatch queues b and answers 201 with its ids, as route answers

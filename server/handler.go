@@ -143,9 +143,11 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if key, present, ok := idemKey(h); present {
-		b := shard.GetBatch()
-		b.Add(body)
-		s.storeKeyed(ctx, b, routeUsages, body, key, ok)
+		if claim := s.claimKey(ctx, routeUsages, body, key, ok); claim != nil {
+			b := shard.GetBatch()
+			b.Add(body)
+			s.storeBatch(ctx, b, claim, routeUsages)
+		}
 		return
 	}
 	id, ticket, err := s.set.Put(ctx.ConnID(), body)
