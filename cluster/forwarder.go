@@ -304,13 +304,19 @@ func (f *Forwarder) sleep(d time.Duration) {
 func (f *Forwarder) run() {
 	defer close(f.exited)
 	wait := time.Duration(0)
-	fail := func(err error) {
+	var stopping bool
+	// fail reports err and reports whether to stop; if not, it backs off.
+	fail := func(err error) bool {
 		f.report(err)
+		if stopping {
+			return true
+		}
 		wait = min(max(2*wait, backoffMin), backoffMax)
 		f.sleep(wait + rand.N(wait/4+1))
+		return false
 	}
 	for {
-		stopping := f.stopping()
+		stopping = f.stopping()
 		if f.ctx.Err() != nil {
 			return
 		}
@@ -324,11 +330,9 @@ func (f *Forwarder) run() {
 			}
 			if !f.streamOK {
 				if err := f.ensureStream(); err != nil {
-					if stopping {
-						f.report(err)
+					if fail(err) {
 						return
 					}
-					fail(err)
 					continue
 				}
 				f.streamOK = true
@@ -336,11 +340,9 @@ func (f *Forwarder) run() {
 		}
 		idle, err := f.fill()
 		if err != nil && len(f.inflight) == 0 {
-			if stopping {
-				f.report(err)
+			if fail(err) {
 				return
 			}
-			fail(err)
 			continue
 		}
 		if len(f.inflight) == 0 {
@@ -364,11 +366,9 @@ func (f *Forwarder) run() {
 			}
 			f.inflight = f.inflight[:0]
 			f.streamOK = false // look the stream up again: it may be gone
-			if stopping {
-				f.report(err)
+			if fail(err) {
 				return
 			}
-			fail(err)
 			continue
 		}
 		f.inflight = append(f.inflight[:0], f.inflight[1:]...)
