@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fastjson"
 
 	"github.com/busyapi/busyapi/shard"
 )
@@ -226,7 +225,7 @@ func (s *Server) batchError(ctx *fasthttp.RequestCtx, index int, msg errBody) {
 // splitBatch validates every usage of body and adds it to b. On the first
 // problem it returns its status and message, and the index of the usage at
 // fault, or -1 if the problem is not one usage's.
-func splitBatch(p *fastjson.Parser, format batchFormat, body []byte, maxItems int, b *shard.Batch) (int, int, errBody) {
+func splitBatch(p *usageParser, format batchFormat, body []byte, maxItems int, b *shard.Batch) (int, int, errBody) {
 	add := func(item []byte) (int, int, errBody) {
 		if b.Len() >= maxItems {
 			return fasthttp.StatusRequestEntityTooLarge, -1, errBatchTooMany

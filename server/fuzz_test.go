@@ -158,7 +158,7 @@ func FuzzBatch(f *testing.F) {
 		if array {
 			format = formatArray
 		}
-		var p fastjson.Parser
+		var p usageParser
 		b := shard.GetBatch()
 		defer b.Release()
 		_, _, msg := splitBatch(&p, format, body, 1000, b)

@@ -66,7 +66,7 @@ var (
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
 // no channel and logs nothing. A panic is answered 500 (recover.go).
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
-	path := ctx.Path()
+	path := requestPath(ctx)
 	route := routeOf(path)
 	defer s.meters.countRequest(ctx, route) // runs last: counts the 500 of a recovered panic
 	defer s.after(ctx, s.sample())
@@ -119,6 +119,17 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	}
 }
 
+// requestPath returns the request's path as ctx.Path does. A request for
+// exactly /api/usages, the path nearly every request has, needs no parsing:
+// no query, no escapes, nothing to normalize. Other request URIs go through
+// fasthttp's URI parser, which decodes and normalizes them.
+func requestPath(ctx *fasthttp.RequestCtx) []byte {
+	if uri := ctx.Request.Header.RequestURI(); string(uri) == pathUsages {
+		return uri
+	}
+	return ctx.Path()
+}
+
 func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 	h := &ctx.Request.Header
 	if ct := h.ContentType(); len(ct) > 0 && !isJSONMediaType(ct) {
@@ -168,7 +179,7 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 // allocates nothing.
 func answerCreated(ctx *fasthttp.RequestCtx, id uint64) {
 	var a [48]byte
-	ctx.Response.Header.SetBytesKV(strLocation, strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10))
+	ctx.Response.Header.SetCanonical(strLocation, strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10))
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
 	ctx.Response.SetBody(appendID(a[:0], id))

@@ -122,6 +122,8 @@ func TestPostUsageAccepts(t *testing.T) {
 	f("application/json", `{"patientId":"`+strings.Repeat("p", 64)+`","timestamp":"`+strings.Repeat("t", 64)+`","medication":"`+strings.Repeat("m", 128)+`"}`)
 	f("application/json", `{"patientId":"\u00e9\"","timestamp":"Tue","medication":"Salbutamol \u2014 100µg"}`)
 	f("application/json", `{"patient\u0049d":1,"timestamp":"t","medication":"m"}`)
+	f("application/json", `{"patientId":0,"timestamp":-0.5e-3,"medication":"m","a":-0,"b":1E+2,"c":10.25,"d":false,"e":null}`)
+	f("application/json", "{\"patientId\":1,\r\n\t\"timestamp\":\"t\",\"medication\":\"m\",\"x\":[1e5]}")
 }
 
 func TestPostUsageRejects(t *testing.T) {
@@ -151,6 +153,17 @@ func TestPostUsageRejects(t *testing.T) {
 	f("application/json", `{"patientId":1,"timestamp":"t","medication":"bad \x escape"}`, 400, "not valid JSON")
 	f("application/json", "{\"patientId\":1,\"timestamp\":\"t\",\"medication\":\"raw \x01 control\"}", 400, "not valid JSON")
 	f("application/json", `{"patientId":01,"timestamp":"t","medication":"m"}`, 400, "not valid JSON")
+	// What fastjson's parser takes and JSON does not.
+	for _, n := range []string{"NaN", "nan", "Inf", "-inf", "+1", "1.", ".5", "-", "1e", "1e+", "0x1", "--1", "1.5.5", "1e5e5"} {
+		f("application/json", `{"patientId":1,"timestamp":`+n+`,"medication":"m"}`, 400, "not valid JSON")
+		f("application/json", `{"patientId":1,"timestamp":"t","medication":"m","x":`+n+`}`, 400, "not valid JSON")
+		f("application/json", `{"patientId":1,"timestamp":"t","medication":"m","x":[{"y":`+n+`}]}`, 400, "not valid JSON")
+	}
+	f("application/json", "{\"patientId\":1,\"timestamp\":\"tab\there\",\"medication\":\"m\"}", 400, "not valid JSON")
+	f("application/json", "{\"patientId\":1,\"timestamp\":\"t\",\"medication\":\"m\",\"k\x1f\":1}", 400, "not valid JSON")
+	f("application/json", `{"patientId":1,"timestamp":"t","medication":"m","x":"\q"}`, 400, "not valid JSON")
+	f("application/json", `{"patientId":"\u12","timestamp":"t","medication":"m"}`, 400, "not valid JSON")
+	f("application/json", `{"patientId":true,"timestamp":"t","medication":"m","x":"\q"}`, 400, "not valid JSON")
 	f("application/json", `[`+sample+`]`, 400, "must be a JSON object")
 	f("application/json", `"hello"`, 400, "must be a JSON object")
 	f("application/json", `42`, 400, "must be a JSON object")
@@ -233,6 +246,11 @@ func TestRouting(t *testing.T) {
 	f("GET", "/nope", 404, "")
 	f("GET", "/api", 404, "")
 	f("POST", "/api/usage", 404, "")
+	// URIs that need parsing: a query, escapes, dot segments.
+	f("GET", "/api/usages?x=1", 405, "POST, OPTIONS")
+	f("GET", "/api/%75sages", 405, "POST, OPTIONS")
+	f("GET", "/api/x/../usages", 405, "POST, OPTIONS")
+	f("GET", "/api/usages/7?x=1", 404, "")
 
 	resp := call(s, "GET", "/", "", nil)
 	if !bytes.Contains(resp.Body(), []byte("busyapi")) {

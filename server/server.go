@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fastjson"
 
 	"github.com/busyapi/busyapi/auth"
 	"github.com/busyapi/busyapi/cluster"
@@ -227,7 +226,7 @@ type Server struct {
 	set     *shard.Set
 	cache   *store.Cache
 	http    *fasthttp.Server
-	parsers fastjson.ParserPool
+	parsers usageParsers
 	wal     *wal.Store // nil without a DataDir
 	fsync   bool
 	stop    chan struct{}

@@ -2,7 +2,9 @@ package server
 
 import (
 	"bytes"
+	"encoding/binary"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
@@ -55,10 +57,39 @@ var (
 type usageCheck struct {
 	patient, timestamp, medication int
 	err                            errBody
+	// lax: a field's value is one whose strictness the pass does not
+	// check (a nested object or array); the whole body then goes through
+	// fastjson's validator.
+	lax bool
+	num []byte // scratch for a number's text, from the usageParser
 }
+
+// usageParser is a fastjson parser with the scratch space validateUsage
+// needs. The zero value is ready to use; one must not be shared.
+type usageParser struct {
+	fastjson.Parser
+	num []byte
+}
+
+// usageParsers pools usageParsers.
+type usageParsers struct{ pool sync.Pool }
+
+func (ps *usageParsers) Get() *usageParser {
+	if p, ok := ps.pool.Get().(*usageParser); ok {
+		return p
+	}
+	return new(usageParser)
+}
+
+func (ps *usageParsers) Put(p *usageParser) { ps.pool.Put(p) }
 
 func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 	if c.err != nil {
+		return
+	}
+	t := v.Type()
+	if t == fastjson.TypeNumber && !c.strictNumber(v) {
+		c.err = errSyntax
 		return
 	}
 	switch string(k) {
@@ -68,7 +99,7 @@ func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 			c.err = errPatientIDDup
 			return
 		}
-		switch v.Type() {
+		switch t {
 		case fastjson.TypeNumber:
 			if _, err := v.Int64(); err != nil {
 				c.err = errPatientID
@@ -86,7 +117,7 @@ func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 			c.err = errTimestampDup
 			return
 		}
-		switch v.Type() {
+		switch t {
 		case fastjson.TypeNumber:
 		case fastjson.TypeString:
 			if !stringLen(v, maxTimestamp) {
@@ -101,12 +132,65 @@ func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 			c.err = errMedDup
 			return
 		}
-		if v.Type() != fastjson.TypeString || !stringLen(v, maxMedication) {
+		if t != fastjson.TypeString || !stringLen(v, maxMedication) {
 			c.err = errMedication
 		}
 	case "id":
 		c.err = errIDField
+	default:
+		if t == fastjson.TypeObject || t == fastjson.TypeArray {
+			c.lax = true
+		}
 	}
+}
+
+// strictNumber reports whether number v is written as JSON allows.
+// fastjson's parser also takes NaN, Inf, +1, 01 and 1. as numbers.
+func (c *usageCheck) strictNumber(v *fastjson.Value) bool {
+	c.num = v.MarshalTo(c.num[:0])
+	return jsonNumber(c.num)
+}
+
+// jsonNumber reports whether b is a number in JSON's grammar (RFC 8259,
+// section 6): -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?
+func jsonNumber(b []byte) bool {
+	if len(b) > 0 && b[0] == '-' {
+		b = b[1:]
+	}
+	n := digits(b)
+	if n == 0 || b[0] == '0' && n > 1 {
+		return false
+	}
+	b = b[n:]
+	if len(b) > 0 && b[0] == '.' {
+		n = digits(b[1:])
+		if n == 0 {
+			return false
+		}
+		b = b[1+n:]
+	}
+	if len(b) > 0 && (b[0] == 'e' || b[0] == 'E') {
+		b = b[1:]
+		if len(b) > 0 && (b[0] == '-' || b[0] == '+') {
+			b = b[1:]
+		}
+		n = digits(b)
+		if n == 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return len(b) == 0
+}
+
+// digits returns the number of decimal digits b starts with.
+func digits(b []byte) int {
+	for i, c := range b {
+		if c < '0' || c > '9' {
+			return i
+		}
+	}
+	return len(b)
 }
 
 func stringLen(v *fastjson.Value, maxLen int) bool {
@@ -114,11 +198,39 @@ func stringLen(v *fastjson.Value, maxLen int) bool {
 	return err == nil && len(b) > 0 && len(b) <= maxLen
 }
 
+// plainText reports whether b has no control character (below 0x20) and no
+// backslash, eight bytes at a time. JSON text without them has no escape
+// and no raw control character in any string: what fastjson's parser lets
+// through and its validator refuses.
+func plainText(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; len(b) >= 8; b = b[8:] {
+		x := binary.LittleEndian.Uint64(b)
+		y := x ^ '\\'*ones
+		// A byte below 0x20 in x, or a zero byte in y (a backslash in x),
+		// sets its high bit (Hacker's Delight, 6-1).
+		if ((x-0x20*ones)&^x|(y-ones)&^y)&highs != 0 {
+			return false
+		}
+	}
+	for _, c := range b {
+		if c < 0x20 || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
 // validateUsage checks that body is exactly one usage object: valid UTF-8,
 // valid JSON, no trailing data, the required fields with the right types.
 // On success it returns the body with surrounding white space trimmed.
-// p is used for parsing and must not be shared.
-func validateUsage(p *fastjson.Parser, body []byte) ([]byte, errBody) {
+// p must not be shared.
+//
+// fastjson's parser checks the structure but not everything inside strings
+// and numbers, so a body is also checked strictly: by plainText and
+// strictNumber when it is one line without escapes and its other fields
+// are scalars, the usual case, and by fastjson's validator otherwise.
+func validateUsage(p *usageParser, body []byte) ([]byte, errBody) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, errEmpty
@@ -132,21 +244,20 @@ func validateUsage(p *fastjson.Parser, body []byte) ([]byte, errBody) {
 		}
 		return nil, syntaxError(body)
 	}
-	// fastjson's parser unescapes lazily and tolerates bad escapes and raw
-	// control characters; the validator does not.
-	if fastjson.ValidateBytes(body) != nil {
-		return nil, syntaxError(body)
-	}
 	v, err := p.ParseBytes(body)
 	if err != nil {
-		return nil, errSyntax
+		return nil, syntaxError(body)
 	}
 	o, err := v.Object()
 	if err != nil {
 		return nil, errNotObject
 	}
-	var c usageCheck
+	c := usageCheck{num: p.num}
 	o.Visit(func(k []byte, v *fastjson.Value) { c.visit(k, v) })
+	p.num = c.num
+	if (c.err != nil || c.lax || !plainText(body)) && fastjson.ValidateBytes(body) != nil {
+		return nil, syntaxError(body)
+	}
 	switch {
 	case c.err != nil:
 		return nil, c.err

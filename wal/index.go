@@ -30,21 +30,47 @@ const maxPos = 1<<posBits - 1
 
 // Set records that id is at pos in shard's log.
 func (x *Index) Set(id uint64, shard int, pos uint64) {
-	k := (id - 1) / chunkIDs
+	x.SetMany(shard, []uint64{id, pos})
+}
+
+// SetMany records, for each pair (id, pos) of pairs, that id is at pos in
+// shard's log, as Set does, under one read lock: a drainer indexes a whole
+// batch at once.
+func (x *Index) SetMany(shard int, pairs []uint64) {
+	var (
+		c     *[chunkIDs]atomic.Uint64
+		k     = ^uint64(0)
+		added int64
+	)
 	x.mu.RLock()
-	c := x.chunks[k]
-	x.mu.RUnlock()
-	if c == nil {
-		x.mu.Lock()
-		if c = x.chunks[k]; c == nil {
-			c = new([chunkIDs]atomic.Uint64)
-			x.chunks[k] = c
+	for i := 0; i+1 < len(pairs); i += 2 {
+		id := pairs[i]
+		if ck := (id - 1) / chunkIDs; ck != k {
+			k = ck
+			if c = x.chunks[k]; c == nil {
+				x.mu.RUnlock()
+				c = x.newChunk(k)
+				x.mu.RLock()
+			}
 		}
-		x.mu.Unlock()
+		if c[(id-1)%chunkIDs].Swap(uint64(shard)<<posBits|(pairs[i+1]+1)) == 0 {
+			added++
+		}
 	}
-	if c[(id-1)%chunkIDs].Swap(uint64(shard)<<posBits|(pos+1)) == 0 {
-		x.n.Add(1)
+	x.mu.RUnlock()
+	x.n.Add(added)
+}
+
+// newChunk returns chunk k, adding it if it is missing.
+func (x *Index) newChunk(k uint64) *[chunkIDs]atomic.Uint64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	c := x.chunks[k]
+	if c == nil {
+		c = new([chunkIDs]atomic.Uint64)
+		x.chunks[k] = c
 	}
+	return c
 }
 
 // Get returns the shard and position of id.

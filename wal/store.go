@@ -47,7 +47,10 @@ type Store struct {
 
 	pending  [][]uint64 // per shard: id, pos pairs of the open batch
 	batchErr []error    // per shard: an Append of the open batch failed
-	onFlush  func(shard int, ids []uint64, err error)
+	// per shard: bytes of the open batch, added to bytesWritten once it is
+	// written
+	batchBytes []uint64
+	onFlush    func(shard int, ids []uint64, err error)
 
 	export exportMark
 
@@ -141,6 +144,7 @@ func Open(opts Options) (*Store, Recovery, error) {
 	}
 	s.pending = make([][]uint64, opts.Shards)
 	s.batchErr = make([]error, opts.Shards)
+	s.batchBytes = make([]uint64, opts.Shards)
 	rec.Shards = n
 	rec.LeaseBound = s.lease.Bound()
 	rec.Duration = time.Since(start)
@@ -184,7 +188,7 @@ func (s *Store) Append(shard int, id uint64, body []byte) {
 		}
 		pos = 0 // reported as failed
 	} else {
-		s.bytesWritten.Add(uint64(RecordSize(len(body))))
+		s.batchBytes[shard] += uint64(RecordSize(len(body)))
 	}
 	if id != 0 { // meta records are neither indexed nor reported
 		s.pending[shard] = append(s.pending[shard], id, pos)
@@ -211,17 +215,19 @@ func (s *Store) Flush(shard int) error {
 	if err != nil {
 		s.logs[shard].Discard()
 	} else {
-		for i := 0; i < len(p); i += 2 {
-			s.index.Set(p[i], shard, p[i+1])
-		}
+		s.index.SetMany(shard, p)
 		if err = s.logs[shard].Flush(); err != nil {
 			for i := 0; i < len(p); i += 2 {
 				s.index.Delete(p[i])
 			}
-		} else if len(p) > 0 {
-			s.usages[shard].Add(uint64(len(p) / 2))
+		} else {
+			s.bytesWritten.Add(s.batchBytes[shard])
+			if len(p) > 0 {
+				s.usages[shard].Add(uint64(len(p) / 2))
+			}
 		}
 	}
+	s.batchBytes[shard] = 0
 	if s.onFlush != nil && len(p) > 0 {
 		s.onFlush(shard, p, err)
 	}

@@ -1,0 +1,66 @@
+package server
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestJSONNumber(t *testing.T) {
+	for _, n := range []string{"0", "-0", "7", "-12", "10.25", "0.5", "1e5", "1E+2", "-0.5e-3", "123456789012345678901234567890"} {
+		if !jsonNumber([]byte(n)) {
+			t.Errorf("jsonNumber(%q) = false, want true", n)
+		}
+	}
+	for _, n := range []string{"", "-", "+1", "01", "-01", "1.", ".5", "1e", "1e+", "1e5e5", "1.5.5", "NaN", "nan", "Inf", "-inf", "0x1", "--1", "1 ", " 1"} {
+		if jsonNumber([]byte(n)) {
+			t.Errorf("jsonNumber(%q) = true, want false", n)
+		}
+	}
+}
+
+// FuzzJSONNumber checks jsonNumber against encoding/json.
+func FuzzJSONNumber(f *testing.F) {
+	for _, seed := range []string{"0", "-0.5e-3", "01", "1.", "NaN", "1e+", "+1"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var n json.Number
+		want := json.Unmarshal([]byte(s), &n) == nil && string(n) == s
+		if got := jsonNumber([]byte(s)); got != want {
+			t.Fatalf("jsonNumber(%q) = %v, encoding/json says %v", s, got, want)
+		}
+	})
+}
+
+// TestPlainText checks the word-at-a-time scan against a byte loop, with
+// each special byte at every position of inputs up to 40 bytes long.
+func TestPlainText(t *testing.T) {
+	slow := func(b []byte) bool {
+		for _, c := range b {
+			if c < 0x20 || c == '\\' {
+				return false
+			}
+		}
+		return true
+	}
+	specials := []byte{0x00, 0x01, '\t', '\n', 0x1f, '\\'}
+	others := []byte{' ', '"', 'a', 0x7f, 0x80, 0xc3, 0xff, 0x5b, 0x5d, 0x21}
+	for n := 0; n <= 40; n++ {
+		for _, o := range others {
+			b := []byte(strings.Repeat(string(o), n))
+			if !plainText(b) {
+				t.Fatalf("plainText(%q) = false", b)
+			}
+			for i := 0; i < n; i++ {
+				for _, c := range append(specials, others...) {
+					b2 := append([]byte(nil), b...)
+					b2[i] = c
+					if got, want := plainText(b2), slow(b2); got != want {
+						t.Fatalf("plainText(%q) = %v, want %v", b2, got, want)
+					}
+				}
+			}
+		}
+	}
+}
