@@ -69,7 +69,13 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	path := requestPath(ctx)
 	route := routeOf(path)
 	defer s.meters.countRequest(ctx, route) // runs last: counts the 500 of a recovered panic
-	defer s.after(ctx, s.sample())
+	sampled := s.sample()
+	if sampled {
+		// The access log's duration starts here: the server reads the
+		// clock only for requests that ask (LazyRequestTime).
+		ctx.Time()
+	}
+	defer s.after(ctx, sampled)
 	if s.testHook != nil {
 		s.testHook(ctx)
 	}

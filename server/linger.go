@@ -66,6 +66,9 @@ const (
 
 // lingerConnOf returns the *lingerConn under c (also under TLS), or nil.
 func lingerConnOf(c net.Conn) *lingerConn {
+	if lc, ok := c.(*lingerConn); ok {
+		return lc // the usual case, and cheaper to test than an interface
+	}
 	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
 		c = tc.NetConn() // *tls.Conn over our *lingerConn
 	}

@@ -337,8 +337,11 @@ func New(cfg Config) (*Server, error) {
 		ConnState:                    connState,
 		Concurrency:                  cfg.MaxConns,
 		DisablePreParseMultipartForm: true,
-		CloseOnShutdown:              true,
-		Logger:                       fasthttpLogger{s.log},
+		// No clock read per request: only a sampled access log line
+		// needs the request's time (Handler).
+		LazyRequestTime: true,
+		CloseOnShutdown: true,
+		Logger:          fasthttpLogger{s.log},
 	}
 	s.ready.Store(true)
 	return s, nil
