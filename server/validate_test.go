@@ -1,9 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
 )
 
 func TestJSONNumber(t *testing.T) {
@@ -63,4 +67,33 @@ func TestPlainText(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzValidateUsageStrict checks the fast path against fastjson's
+// validator: validateUsage calls a body a syntax error exactly when the
+// validator refuses it.
+func FuzzValidateUsageStrict(f *testing.F) {
+	for _, seed := range []string{
+		sample,
+		`{"patientId":1,"timestamp":NaN,"medication":"m"}`,
+		`{"patientId":1,"timestamp":"t","medication":"m","x":[01]}`,
+		`{"patientId":1,"timestamp":"t","medication":"m","x":-}`,
+		"{\"patientId\":1,\"timestamp\":\"a\tb\",\"medication\":\"m\"}",
+		`{"patientId":"\u00e9","timestamp":"t","medication":"\x"}`,
+		`{"patientId":1,"timestamp":1.5e+3,"medication":"m","n":null,"t":true}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	var p usageParser
+	f.Fuzz(func(t *testing.T, body []byte) {
+		_, bad := validateUsage(&p, body)
+		syntax := string(bad) == string(errSyntax) || string(bad) == string(errTrailing)
+		b := bytes.TrimSpace(body)
+		if len(b) == 0 || !utf8.Valid(b) {
+			return
+		}
+		if refused := fastjson.ValidateBytes(b) != nil; refused != syntax {
+			t.Fatalf("validateUsage(%q) = %s; fastjson's validator refuses it: %v", body, bad, refused)
+		}
+	})
 }
