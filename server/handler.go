@@ -66,7 +66,7 @@ var (
 // concurrent use. POST /api/usages allocates nothing, takes no lock, sends on
 // no channel and logs nothing. A panic is answered 500 (recover.go).
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
-	path := requestPath(ctx)
+	path := ctx.Path()
 	route := routeOf(path)
 	defer s.meters.countRequest(ctx, route) // runs last: counts the 500 of a recovered panic
 	sampled := s.sample()
@@ -123,17 +123,6 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	default:
 		s.fail(ctx, fasthttp.StatusNotFound, ReasonNotFound, errNotFound)
 	}
-}
-
-// requestPath returns the request's path as ctx.Path does. A request for
-// exactly /api/usages, the path nearly every request has, needs no parsing:
-// no query, no escapes, nothing to normalize. Other request URIs go through
-// fasthttp's URI parser, which decodes and normalizes them.
-func requestPath(ctx *fasthttp.RequestCtx) []byte {
-	if uri := ctx.Request.Header.RequestURI(); string(uri) == pathUsages {
-		return uri
-	}
-	return ctx.Path()
 }
 
 func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {

@@ -71,7 +71,8 @@ func TestPlainText(t *testing.T) {
 
 // FuzzValidateUsageStrict checks the fast path against fastjson's
 // validator: validateUsage calls a body a syntax error exactly when the
-// validator refuses it.
+// validator refuses it, or when it nests deeper than fastjson's parser goes
+// (fastjson.MaxDepth; its validator has no limit).
 func FuzzValidateUsageStrict(f *testing.F) {
 	for _, seed := range []string{
 		sample,
@@ -81,10 +82,12 @@ func FuzzValidateUsageStrict(f *testing.F) {
 		"{\"patientId\":1,\"timestamp\":\"a\tb\",\"medication\":\"m\"}",
 		`{"patientId":"\u00e9","timestamp":"t","medication":"\x"}`,
 		`{"patientId":1,"timestamp":1.5e+3,"medication":"m","n":null,"t":true}`,
+		`{"patientId":1,"timestamp":"t","medication":"m","x":` + strings.Repeat("[", 301) + strings.Repeat("]", 301) + `}`,
 	} {
 		f.Add([]byte(seed))
 	}
 	var p usageParser
+	var deep fastjson.Parser
 	f.Fuzz(func(t *testing.T, body []byte) {
 		_, bad := validateUsage(&p, body)
 		syntax := string(bad) == string(errSyntax) || string(bad) == string(errTrailing)
@@ -92,7 +95,11 @@ func FuzzValidateUsageStrict(f *testing.F) {
 		if len(b) == 0 || !utf8.Valid(b) {
 			return
 		}
-		if refused := fastjson.ValidateBytes(b) != nil; refused != syntax {
+		refused := fastjson.ValidateBytes(b) != nil
+		if _, err := deep.ParseBytes(b); err != nil && strings.Contains(err.Error(), "too big depth") {
+			refused = true
+		}
+		if refused != syntax {
 			t.Fatalf("validateUsage(%q) = %s; fastjson's validator refuses it: %v", body, bad, refused)
 		}
 	})

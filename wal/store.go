@@ -45,12 +45,8 @@ type Store struct {
 	index *Index
 	log   *slog.Logger
 
-	pending  [][]uint64 // per shard: id, pos pairs of the open batch
-	batchErr []error    // per shard: an Append of the open batch failed
-	// per shard: bytes of the open batch, added to bytesWritten once it is
-	// written
-	batchBytes []uint64
-	onFlush    func(shard int, ids []uint64, err error)
+	batches []openBatch // per shard, each written by its drainer only
+	onFlush func(shard int, ids []uint64, err error)
 
 	export exportMark
 
@@ -58,6 +54,15 @@ type Store struct {
 
 	bytesWritten atomic.Uint64
 	closed       atomic.Bool
+}
+
+// openBatch is what a Store keeps of a shard's batch until Flush, padded to
+// a cache line: each shard's drainer writes its own.
+type openBatch struct {
+	pending []uint64 // id, pos pairs
+	err     error    // an Append failed
+	bytes   uint64   // added to bytesWritten once the batch is written
+	_       [64 - 48]byte
 }
 
 // Recovery reports what Open found.
@@ -142,9 +147,7 @@ func Open(opts Options) (*Store, Recovery, error) {
 	if err := s.export.open(opts.Dir, n); err != nil {
 		return fail(err)
 	}
-	s.pending = make([][]uint64, opts.Shards)
-	s.batchErr = make([]error, opts.Shards)
-	s.batchBytes = make([]uint64, opts.Shards)
+	s.batches = make([]openBatch, opts.Shards)
 	rec.Shards = n
 	rec.LeaseBound = s.lease.Bound()
 	rec.Duration = time.Since(start)
@@ -183,15 +186,16 @@ func (s *Store) OnFlush(fn func(shard int, ids []uint64, err error)) { s.onFlush
 func (s *Store) Append(shard int, id uint64, body []byte) {
 	pos, err := s.logs[shard].Append(id, body)
 	if err != nil {
-		if s.batchErr[shard] == nil {
-			s.batchErr[shard] = err
+		if b := &s.batches[shard]; b.err == nil {
+			b.err = err
 		}
 		pos = 0 // reported as failed
 	} else {
-		s.batchBytes[shard] += uint64(RecordSize(len(body)))
+		s.batches[shard].bytes += uint64(RecordSize(len(body)))
 	}
 	if id != 0 { // meta records are neither indexed nor reported
-		s.pending[shard] = append(s.pending[shard], id, pos)
+		b := &s.batches[shard]
+		b.pending = append(b.pending, id, pos)
 	}
 }
 
@@ -209,9 +213,8 @@ func (s *Store) AppendGroup(shard int, n int) {
 // at any readable record checks against the index; if the batch fails,
 // they are taken out again. It implements shard.Sink.
 func (s *Store) Flush(shard int) error {
-	err := s.batchErr[shard]
-	s.batchErr[shard] = nil
-	p := s.pending[shard]
+	b := &s.batches[shard]
+	err, p := b.err, b.pending
 	if err != nil {
 		s.logs[shard].Discard()
 	} else {
@@ -221,17 +224,17 @@ func (s *Store) Flush(shard int) error {
 				s.index.Delete(p[i])
 			}
 		} else {
-			s.bytesWritten.Add(s.batchBytes[shard])
+			s.bytesWritten.Add(b.bytes)
 			if len(p) > 0 {
 				s.usages[shard].Add(uint64(len(p) / 2))
 			}
 		}
 	}
-	s.batchBytes[shard] = 0
+	b.err, b.bytes = nil, 0
 	if s.onFlush != nil && len(p) > 0 {
 		s.onFlush(shard, p, err)
 	}
-	s.pending[shard] = p[:0]
+	b.pending = p[:0]
 	return err
 }
 
