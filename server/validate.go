@@ -101,8 +101,11 @@ func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 		}
 		switch t {
 		case fastjson.TypeNumber:
-			if _, err := v.Int64(); err != nil {
-				c.err = errPatientID
+			// c.num holds its text (strictNumber).
+			if !shortInt(c.num) {
+				if _, err := v.Int64(); err != nil {
+					c.err = errPatientID
+				}
 			}
 		case fastjson.TypeString:
 			if !stringLen(v, maxPatientID) {
@@ -183,6 +186,15 @@ func jsonNumber(b []byte) bool {
 	return len(b) == 0
 }
 
+// shortInt reports whether n, a number jsonNumber accepts, is an integer
+// of at most 18 digits: one that always fits an int64.
+func shortInt(n []byte) bool {
+	if len(n) > 0 && n[0] == '-' {
+		n = n[1:]
+	}
+	return len(n) <= 18 && digits(n) == len(n)
+}
+
 // digits returns the number of decimal digits b starts with.
 func digits(b []byte) int {
 	for i, c := range b {
@@ -198,27 +210,28 @@ func stringLen(v *fastjson.Value, maxLen int) bool {
 	return err == nil && len(b) > 0 && len(b) <= maxLen
 }
 
-// plainText reports whether b has no control character (below 0x20) and no
-// backslash, eight bytes at a time. JSON text without them has no escape
-// and no raw control character in any string: what fastjson's parser lets
-// through and its validator refuses.
-func plainText(b []byte) bool {
+// scanText reports, eight bytes at a time, whether b is plain: no control
+// character (below 0x20) and no backslash, and whether it is ASCII. JSON
+// text that is plain has no escape and no raw control character in any
+// string, which is what fastjson's parser lets through and its validator
+// refuses; ASCII text is valid UTF-8.
+func scanText(b []byte) (plain, ascii bool) {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	var special, all uint64
 	for ; len(b) >= 8; b = b[8:] {
 		x := binary.LittleEndian.Uint64(b)
 		y := x ^ '\\'*ones
 		// A byte below 0x20 in x, or a zero byte in y (a backslash in x),
 		// sets its high bit (Hacker's Delight, 6-1).
-		if ((x-0x20*ones)&^x|(y-ones)&^y)&highs != 0 {
-			return false
-		}
+		special |= (x-0x20*ones)&^x | (y-ones)&^y
+		all |= x
 	}
+	plain, ascii = special&highs == 0, all&highs == 0
 	for _, c := range b {
-		if c < 0x20 || c == '\\' {
-			return false
-		}
+		plain = plain && c >= 0x20 && c != '\\'
+		ascii = ascii && c < 0x80
 	}
-	return true
+	return plain, ascii
 }
 
 // validateUsage checks that body is exactly one usage object: valid UTF-8,
@@ -227,7 +240,7 @@ func plainText(b []byte) bool {
 // p must not be shared.
 //
 // fastjson's parser checks the structure but not everything inside strings
-// and numbers, so a body is also checked strictly: by plainText and
+// and numbers, so a body is also checked strictly: by scanText and
 // strictNumber when it is one line without escapes and its other fields
 // are scalars, the usual case, and by fastjson's validator otherwise.
 func validateUsage(p *usageParser, body []byte) ([]byte, errBody) {
@@ -235,7 +248,8 @@ func validateUsage(p *usageParser, body []byte) ([]byte, errBody) {
 	if len(body) == 0 {
 		return nil, errEmpty
 	}
-	if !utf8.Valid(body) {
+	plain, ascii := scanText(body)
+	if !ascii && !utf8.Valid(body) {
 		return nil, errUTF8
 	}
 	if body[0] != '{' {
@@ -255,7 +269,7 @@ func validateUsage(p *usageParser, body []byte) ([]byte, errBody) {
 	c := usageCheck{num: p.num}
 	o.Visit(func(k []byte, v *fastjson.Value) { c.visit(k, v) })
 	p.num = c.num
-	if (c.err != nil || c.lax || !plainText(body)) && fastjson.ValidateBytes(body) != nil {
+	if (c.err != nil || c.lax || !plain) && fastjson.ValidateBytes(body) != nil {
 		return nil, syntaxError(body)
 	}
 	switch {

@@ -37,34 +37,46 @@ func FuzzJSONNumber(f *testing.F) {
 	})
 }
 
-// TestPlainText checks the word-at-a-time scan against a byte loop, with
+// TestScanText checks the word-at-a-time scan against a byte loop, with
 // each special byte at every position of inputs up to 40 bytes long.
-func TestPlainText(t *testing.T) {
-	slow := func(b []byte) bool {
+func TestScanText(t *testing.T) {
+	slow := func(b []byte) (plain, ascii bool) {
+		plain, ascii = true, true
 		for _, c := range b {
-			if c < 0x20 || c == '\\' {
-				return false
-			}
+			plain = plain && c >= 0x20 && c != '\\'
+			ascii = ascii && c < 0x80
 		}
-		return true
+		return plain, ascii
 	}
 	specials := []byte{0x00, 0x01, '\t', '\n', 0x1f, '\\'}
 	others := []byte{' ', '"', 'a', 0x7f, 0x80, 0xc3, 0xff, 0x5b, 0x5d, 0x21}
 	for n := 0; n <= 40; n++ {
 		for _, o := range others {
 			b := []byte(strings.Repeat(string(o), n))
-			if !plainText(b) {
-				t.Fatalf("plainText(%q) = false", b)
+			if plain, ascii := scanText(b); !plain || ascii != (o < 0x80 || n == 0) {
+				t.Fatalf("scanText(%q) = %v, %v", b, plain, ascii)
 			}
 			for i := 0; i < n; i++ {
 				for _, c := range append(specials, others...) {
 					b2 := append([]byte(nil), b...)
 					b2[i] = c
-					if got, want := plainText(b2), slow(b2); got != want {
-						t.Fatalf("plainText(%q) = %v, want %v", b2, got, want)
+					plain, ascii := scanText(b2)
+					if wantPlain, wantASCII := slow(b2); plain != wantPlain || ascii != wantASCII {
+						t.Fatalf("scanText(%q) = %v, %v, want %v, %v", b2, plain, ascii, wantPlain, wantASCII)
 					}
 				}
 			}
+		}
+	}
+}
+
+func TestShortInt(t *testing.T) {
+	for n, want := range map[string]bool{
+		"0": true, "-7": true, "123456789012345678": true, "-123456789012345678": true,
+		"1234567890123456789": false, "1.5": false, "1e3": false,
+	} {
+		if got := shortInt([]byte(n)); got != want {
+			t.Errorf("shortInt(%q) = %v, want %v", n, got, want)
 		}
 	}
 }
