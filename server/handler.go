@@ -173,11 +173,14 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 // answerCreated answers 201 {"id":N} with Location: /api/usages/N. It
 // allocates nothing.
 func answerCreated(ctx *fasthttp.RequestCtx, id uint64) {
-	var a [48]byte
-	ctx.Response.Header.SetCanonical(strLocation, strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10))
+	// One buffer, the id formatted once: /api/usages/N then {"id":N}.
+	var a [64]byte
+	loc := strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10)
+	b := append(append(append(loc, `{"id":`...), loc[len(pathUsagePrefix):]...), '}')
+	ctx.Response.Header.SetCanonical(strLocation, loc)
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
-	ctx.Response.SetBody(appendID(a[:0], id))
+	ctx.Response.SetBody(b[len(loc):])
 }
 
 // appendID appends {"id":N}.
