@@ -75,7 +75,10 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo u
 # busyapi keeps a durable log in --data-dir (default ./data): give it a fresh
 # one, unless this busyapi predates the flag.
 data_flags=()
-if "$tmp/busyapi" --help 2>&1 | grep -q -- '-data-dir'; then
+# (The help text is read whole first: grep -q stops at the first match, and
+# under pipefail busyapi's SIGPIPE would then fail the test at random.)
+help=$("$tmp/busyapi" --help 2>&1 || true)
+if grep -q -- '-data-dir' <<<"$help"; then
 	data_flags=(--data-dir "${BUSYAPI_DATA:-$tmp/busyapi-data}")
 fi
 run empty 18081 "$tmp/empty" -addr 127.0.0.1:18081
