@@ -136,7 +136,8 @@ func (s *Server) storeBatch(ctx *fasthttp.RequestCtx, b *shard.Batch, claim *ide
 	// has too many queued, wait for the drainer, for up to a second, then
 	// answer 503.
 	if errors.Is(err, shard.ErrFull) {
-		for deadline := time.Now().Add(batchWait); errors.Is(err, shard.ErrFull) && time.Now().Before(deadline); {
+		deadline := time.Now().Add(batchWait) // the clock only when full
+		for errors.Is(err, shard.ErrFull) && time.Now().Before(deadline) {
 			s.set.WaitRoom(hint)
 			ids, ticket, err = s.set.PutBatch(hint, b, ids[:0])
 		}

@@ -37,6 +37,18 @@ func startTCP(t *testing.T, s *Server) string {
 	return ln.Addr().String()
 }
 
+// dialTCP connects to addr, closed when the test ends, with a reader for
+// the answers.
+func dialTCP(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
 // rawExchange writes req on a new connection (from a goroutine, so a server
 // that answers early does not deadlock us) and returns the parsed answer.
 func rawExchange(t *testing.T, addr string, req []byte) (*fasthttp.Response, error) {
@@ -249,12 +261,7 @@ func TestShutdownDrains(t *testing.T) {
 func TestBusyConnectionTimeouts(t *testing.T) {
 	s := newTestServer(t, Config{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 600 * time.Millisecond})
 	addr := startTCP(t, s)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dialTCP(t, addr)
 	start := time.Now()
 	var quiet time.Time // when the last answer came
 	for time.Since(start) < 1500*time.Millisecond {
@@ -278,12 +285,7 @@ func TestBusyConnectionTimeouts(t *testing.T) {
 
 	// A body that stops arriving gets 408 at the read timeout, also on a
 	// connection that has served requests before.
-	c2, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	br2 := bufio.NewReader(c2)
+	c2, br2 := dialTCP(t, addr)
 	c2.Write(postRequest(sample, ""))
 	var first fasthttp.Response
 	if err := first.Read(br2); err != nil || first.StatusCode() != 201 {
@@ -318,12 +320,7 @@ func TestTimeoutPhases(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // as a long recovery would
 	addr := startTCP(t, s)
 
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dialTCP(t, addr)
 	time.Sleep(100 * time.Millisecond)
 	if _, err := c.Write(postRequest(sample, "")); err != nil {
 		t.Fatal(err)
@@ -335,12 +332,7 @@ func TestTimeoutPhases(t *testing.T) {
 
 	// 100 Continue is a write in the middle of a request: the body is still
 	// due within the read timeout of the request's first byte.
-	c2, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	br2 := bufio.NewReader(c2)
+	c2, br2 := dialTCP(t, addr)
 	c2.Write([]byte("POST /api/usages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
 		strconv.Itoa(len(sample)) + "\r\n\r\n"))
 	line, err := br2.ReadString('\n')

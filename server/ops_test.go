@@ -180,12 +180,7 @@ func TestPanicRecovered(t *testing.T) {
 		}
 	}
 	addr := startTCP(t, s)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dialTCP(t, addr)
 	exchange := func(req string) *fasthttp.Response {
 		t.Helper()
 		if _, err := c.Write([]byte(req)); err != nil {

@@ -370,8 +370,8 @@ func (s *Server) Config() Config { return s.cfg }
 func (s *Server) Serve(ln net.Listener) error {
 	var l net.Listener = lingerListener{Listener: ln, reaper: s.reaper}
 	if s.cfg.TLS != nil {
-		// TLS over the linger and lazy-deadline connection: tls.Conn sets
-		// its deadlines and closes through it.
+		// TLS over the lingerConn: tls.Conn reads, writes and closes
+		// through it, under the reaper's timeouts (lingerConnOf finds it).
 		l = tls.NewListener(l, s.cfg.TLS)
 	}
 	err := s.http.Serve(l)
@@ -474,14 +474,15 @@ func (f fasthttpLogger) Printf(format string, args ...any) {
 
 // connState moves a connection's timeout phase with fasthttp's view of it.
 func connState(c net.Conn, st fasthttp.ConnState) {
+	phase := uint32(phaseActive)
 	switch st {
 	case fasthttp.StateActive:
-		if lc := lingerConnOf(c); lc != nil {
-			lc.enter(phaseActive)
-		}
 	case fasthttp.StateIdle:
-		if lc := lingerConnOf(c); lc != nil {
-			lc.enter(phaseIdle)
-		}
+		phase = phaseIdle
+	default:
+		return
+	}
+	if lc := lingerConnOf(c); lc != nil {
+		lc.enter(phase)
 	}
 }

@@ -521,8 +521,8 @@ func (l *Log) Append(id uint64, body []byte) (uint64, error) {
 	return pos, nil
 }
 
-// Pending reports whether a batch is waiting for Flush.
-func (l *Log) Pending() bool { return len(l.buf) > 0 }
+// Buffered returns the bytes of the batch waiting for Flush.
+func (l *Log) Buffered() int { return len(l.buf) }
 
 // Discard drops the batch being built; none of it is written.
 func (l *Log) Discard() { l.buf = l.buf[:0] }

@@ -61,8 +61,7 @@ type Store struct {
 type openBatch struct {
 	pending []uint64 // id, pos pairs
 	err     error    // an Append failed
-	bytes   uint64   // added to bytesWritten once the batch is written
-	_       [64 - 48]byte
+	_       [64 - 40]byte
 }
 
 // Recovery reports what Open found.
@@ -184,17 +183,15 @@ func (s *Store) OnFlush(fn func(shard int, ids []uint64, err error)) { s.onFlush
 // batch and handed to Options.OnMeta at the next Open, but it is not
 // indexed and not exported. Its body must not be empty.
 func (s *Store) Append(shard int, id uint64, body []byte) {
+	b := &s.batches[shard]
 	pos, err := s.logs[shard].Append(id, body)
 	if err != nil {
-		if b := &s.batches[shard]; b.err == nil {
+		if b.err == nil {
 			b.err = err
 		}
 		pos = 0 // reported as failed
-	} else {
-		s.batches[shard].bytes += uint64(RecordSize(len(body)))
 	}
 	if id != 0 { // meta records are neither indexed nor reported
-		b := &s.batches[shard]
 		b.pending = append(b.pending, id, pos)
 	}
 }
@@ -215,22 +212,23 @@ func (s *Store) AppendGroup(shard int, n int) {
 func (s *Store) Flush(shard int) error {
 	b := &s.batches[shard]
 	err, p := b.err, b.pending
+	b.err = nil
 	if err != nil {
 		s.logs[shard].Discard()
 	} else {
 		s.index.SetMany(shard, p)
+		n := s.logs[shard].Buffered()
 		if err = s.logs[shard].Flush(); err != nil {
 			for i := 0; i < len(p); i += 2 {
 				s.index.Delete(p[i])
 			}
 		} else {
-			s.bytesWritten.Add(b.bytes)
+			s.bytesWritten.Add(uint64(n))
 			if len(p) > 0 {
 				s.usages[shard].Add(uint64(len(p) / 2))
 			}
 		}
 	}
-	b.err, b.bytes = nil, 0
 	if s.onFlush != nil && len(p) > 0 {
 		s.onFlush(shard, p, err)
 	}
