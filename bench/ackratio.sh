@@ -9,7 +9,8 @@
 #
 # busyapi runs pinned to CPU $SERVER_CPU (default 0), wrk (bench/post.lua)
 # to CPU $LOAD_CPU (default 1). Port 18088 must be free. Prints each round's
-# req/s and ratio, and the ratio of the means.
+# req/s and ratio, and the ratio of the means. BUSYAPI_FLAGS are added to
+# both modes' flags.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -27,13 +28,13 @@ bench_init go wrk taskset awk
 go build -o "$tmp/busyapi" .
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-# rate MODE: start busyapi --ack MODE on a fresh data directory, run wrk,
-# print its req/s.
+# rate SERVER: start SERVER (busyapi or busyapi-memory, as server_cmd names
+# them: each on a fresh data directory), run wrk, print its req/s.
 rate() {
 	local out
-	rm -rf "$tmp/data"
-	start_server "$1" "$port" "$tmp/busyapi" --addr "127.0.0.1:$port" --data-dir "$tmp/data" --ack "$1"
-	out=$(run_wrk "--ack $1" -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/post.lua "http://127.0.0.1:$port/api/usages")
+	# shellcheck disable=SC2046 # the command is a list of words
+	start_server "$1" "$port" $(server_cmd "$1" "$port")
+	out=$(run_wrk "$1" -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/post.lua "http://127.0.0.1:$port/api/usages")
 	stop_server
 	awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out"
 }
@@ -41,9 +42,9 @@ rate() {
 echo "wrk -t1 -c$CONNECTIONS -d$DURATION, busyapi on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s)"
 sum_f=0 sum_m=0
 for ((r = 1; r <= ROUNDS; r++)); do
-	f=$(rate fsync)
-	m=$(rate memory)
-	echo "round $r: fsync $f, memory $m, ratio $(awk -v a="$f" -v b="$m" 'BEGIN { printf "%.2f", a / b }')"
+	f=$(rate busyapi)
+	m=$(rate busyapi-memory)
+	echo "round $r: fsync $f, memory $m, ratio $(ratio "$f" "$m")"
 	sum_f=$((sum_f + f)) sum_m=$((sum_m + m))
 done
-echo "mean: fsync $((sum_f / ROUNDS)), memory $((sum_m / ROUNDS)), ratio $(awk -v a="$sum_f" -v b="$sum_m" 'BEGIN { printf "%.2f", a / b }')"
+echo "mean: fsync $((sum_f / ROUNDS)), memory $((sum_m / ROUNDS)), ratio $(ratio "$sum_f" "$sum_m")"

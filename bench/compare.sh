@@ -93,8 +93,6 @@ if [ -n "${data_flags[*]}" ]; then
 fi
 run nethttp 18083 "$tmp/nethttp" -addr 127.0.0.1:18083
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s)"
 echo "busyapi flags: ${data_flags[*]} $BUSYAPI_FLAGS"

@@ -90,10 +90,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	stop_server
 	sc=$(awk -v a="$s" -v c="$s_cpu" 'BEGIN { printf "%.0f", a * 100 / c }')
 	nc=$(awk -v a="$n" -v c="$n_cpu" 'BEGIN { printf "%.0f", a * 100 / c }')
-	echo "round $r: standalone $s (server CPU $s_cpu%, load CPU $s_load%), scale-out $n (server CPU $n_cpu%, load CPU $n_load%), ratio $(awk -v a="$n" -v b="$s" 'BEGIN { printf "%.2f", a / b }'); per server core: $sc and $nc, ratio $(awk -v a="$nc" -v b="$sc" 'BEGIN { printf "%.2f", a / b }')"
+	echo "round $r: standalone $s (server CPU $s_cpu%, load CPU $s_load%), scale-out $n (server CPU $n_cpu%, load CPU $n_load%), ratio $(ratio "$n" "$s"); per server core: $sc and $nc, ratio $(ratio "$nc" "$sc")"
 	sum_s=$((sum_s + s)) sum_n=$((sum_n + n)) sum_sc=$((sum_sc + sc)) sum_nc=$((sum_nc + nc))
 done
-echo "mean: standalone $((sum_s / ROUNDS)), scale-out $((sum_n / ROUNDS)), ratio $(awk -v a="$sum_n" -v b="$sum_s" 'BEGIN { printf "%.2f", a / b }'); per server core: $((sum_sc / ROUNDS)) and $((sum_nc / ROUNDS)), ratio $(awk -v a="$sum_nc" -v b="$sum_sc" 'BEGIN { printf "%.2f", a / b }')"
+echo "mean: standalone $((sum_s / ROUNDS)), scale-out $((sum_n / ROUNDS)), ratio $(ratio "$sum_n" "$sum_s"); per server core: $((sum_sc / ROUNDS)) and $((sum_nc / ROUNDS)), ratio $(ratio "$sum_nc" "$sum_sc")"
 
 echo "== forward lag at 1M users per minute (10,000 connections, $LAG_DURATION)"
 start lag --nats "nats://127.0.0.1:$natsport"
