@@ -157,22 +157,21 @@ func (s *syncer) aioFdatasync(f *os.File) error {
 	if _, err := s.event.Read(s.buf[:]); err != nil {
 		return fmt.Errorf("aio eventfd: %w", err)
 	}
-	var ev ioEvent
-	var zero unix.Timespec
-	for {
-		n, _, e := unix.Syscall6(unix.SYS_IO_GETEVENTS, s.ctx, 1, 1, uintptr(unsafe.Pointer(&ev)), uintptr(unsafe.Pointer(&zero)), 0)
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return fmt.Errorf("io_getevents: %w", e)
-		}
-		if n != 1 {
-			return fmt.Errorf("io_getevents: %d events after the completion signal", n)
-		}
-		break
+	var (
+		ev   ioEvent
+		zero unix.Timespec
+		n    uintptr
+		e    = unix.EINTR
+	)
+	for e == unix.EINTR {
+		n, _, e = unix.Syscall6(unix.SYS_IO_GETEVENTS, s.ctx, 1, 1, uintptr(unsafe.Pointer(&ev)), uintptr(unsafe.Pointer(&zero)), 0)
 	}
-	if ev.res < 0 {
+	switch {
+	case e != 0:
+		return fmt.Errorf("io_getevents: %w", e)
+	case n != 1:
+		return fmt.Errorf("io_getevents: %d events after the completion signal", n)
+	case ev.res < 0:
 		return unix.Errno(-ev.res)
 	}
 	return nil
