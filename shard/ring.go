@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 )
@@ -42,13 +43,18 @@ var ErrFull = errors.New("shard: ring is full")
 // Producers reserve space with a CAS on head, copy their record in and set the
 // commit flag; they never take a lock or wait for the consumer. The one
 // consumer (the shard's drainer) reads committed records in order and releases
-// their space by advancing tail.
+// their space by advancing tail. When the consumer finds the ring empty past
+// its first 256 KiB, it sends it back to the start (rewind), so that at a
+// steady rate the records reuse memory that is still in the CPU's cache.
 type Ring struct {
 	head atomic.Uint64 // next byte position to reserve; producers CAS it
 	_    [cacheLine - 8]byte
 
 	tail atomic.Uint64 // everything below tail is free; consumer-owned
-	_    [cacheLine - 8]byte
+	// rewinding is set while the consumer rewinds the ring (rewind): a
+	// producer that finds the ring full meanwhile tries again.
+	rewinding atomic.Bool
+	_         [cacheLine - 12]byte
 
 	flushed atomic.Uint64 // the outcome of everything below flushed is known
 	epoch   atomic.Pointer[epoch]
@@ -59,10 +65,11 @@ type Ring struct {
 	fails   atomic.Uint64
 	failLog [failHistory]struct{ start, end atomic.Uint64 }
 
-	mask  uint64
-	size  uint64
-	words []uint64
-	buf   []byte // byte view of words
+	mask   uint64
+	size   uint64
+	window uint64 // rewind an empty ring once its tail is this far in
+	words  []uint64
+	buf    []byte // byte view of words
 
 	full atomic.Uint64 // reservations refused because the ring was full
 }
@@ -76,10 +83,11 @@ func NewRing(size int) *Ring {
 	}
 	words := make([]uint64, n/8)
 	r := &Ring{
-		mask:  n - 1,
-		size:  n,
-		words: words,
-		buf:   unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), n),
+		mask:   n - 1,
+		size:   n,
+		window: min(n/4, hotWindow),
+		words:  words,
+		buf:    unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), n),
 	}
 	r.epoch.Store(&epoch{cur: make(chan struct{}), next: make(chan struct{})})
 	return r
@@ -143,6 +151,11 @@ func (r *Ring) put(id uint64, body []byte, flags uint64) (uint64, error) {
 			pad = r.size - off
 		}
 		if h+pad+need-t > r.size {
+			if r.rewinding.Load() {
+				// h may be past a rewind that has not moved tail yet.
+				runtime.Gosched()
+				continue
+			}
 			if r.tail.Load() != t {
 				continue // the consumer freed space since we read tail
 			}
@@ -209,6 +222,31 @@ func (r *Ring) drainRefs(fn func(id uint64, body []byte), ref func(uint64) int) 
 	r.zero(start, t)
 	r.tail.Store(t)
 	return n, t
+}
+
+// hotWindow bounds how far into its buffer an empty ring goes on before
+// rewind sends it back to the start, so that at a steady rate records keep
+// reusing the same few hundred KiB, still in the CPU's cache, instead of
+// walking through all of a ring of megabytes.
+const hotWindow = 256 << 10
+
+// rewind moves an empty ring whose tail is at least r.window bytes into the
+// buffer back to offset 0: it reserves the rest of the buffer, which no
+// record uses and is zero, and releases it at once. Producers that see the
+// new head before the new tail retry (rewinding). It does nothing if a
+// producer has reserved space since the last drain. Only the consumer calls
+// it.
+func (r *Ring) rewind() {
+	t := r.tail.Load()
+	off := t & r.mask
+	if off < r.window {
+		return
+	}
+	r.rewinding.Store(true)
+	if r.head.CompareAndSwap(t, t+r.size-off) {
+		r.tail.Store(t + r.size - off)
+	}
+	r.rewinding.Store(false)
 }
 
 // zero clears the ring bytes at positions [from, to), to-from <= size.

@@ -812,6 +812,7 @@ func TestRingConcurrentProducers(t *testing.T) {
 				t.Errorf("ring %d, %d producers: %v", ringSize, producers, err)
 				break
 			}
+			r.rewind()
 			if time.Now().After(deadline) {
 				t.Errorf("ring %d, %d producers: timed out with %d of %d records received (%v)", ringSize, producers, received, total, next)
 				break
@@ -873,6 +874,7 @@ func TestRingConcurrentWait(t *testing.T) {
 	for !done(ch, 0) {
 		_, pos := r.Drain(func(id uint64, _ []byte) { seen.Store(id, true) })
 		r.Flushed(pos)
+		r.rewind()
 		if time.Now().After(deadline) {
 			stop.Store(true)
 			t.Fatal("producers still waiting")
@@ -918,6 +920,7 @@ func TestRingNoSpuriousFull(t *testing.T) {
 		}
 		_, pos := r.Drain(func(uint64, []byte) {})
 		r.Flushed(pos)
+		r.rewind()
 		if time.Now().After(deadline) {
 			t.Fatal("producers still waiting")
 		}
@@ -981,5 +984,118 @@ func TestRingOutcome(t *testing.T) {
 				t.Fatalf("Outcome = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRingRewind: once drained past its window (a quarter of a 4 KiB ring),
+// an empty ring starts again at offset 0; a ring with a record in it, or
+// not yet past its window, stays where it is; records keep their order and
+// bodies across rewinds.
+func TestRingRewind(t *testing.T) {
+	r := NewRing(4096)
+	if r.window != 1024 {
+		t.Fatalf("window of a 4 KiB ring = %d, want 1024", r.window)
+	}
+	if w := NewRing(64 << 20).window; w != hotWindow {
+		t.Fatalf("window of a 64 MiB ring = %d, want %d", w, hotWindow)
+	}
+	put := func(id uint64, n int) uint64 {
+		t.Helper()
+		pos, err := r.Put(id, fillBody(id, n))
+		if err != nil {
+			t.Fatalf("Put(%d): %v", id, err)
+		}
+		return pos
+	}
+	check := func(ids ...uint64) {
+		t.Helper()
+		got, _, _ := drainAll(r)
+		if len(got) != len(ids) {
+			t.Fatalf("drained %d records, want %d", len(got), len(ids))
+		}
+		for i, g := range got {
+			if g.id != ids[i] || !bytes.Equal(g.body, fillBody(ids[i], 48)) {
+				t.Fatalf("record %d: id %d body %x, want id %d body %x", i, g.id, g.body, ids[i], fillBody(ids[i], 48))
+			}
+		}
+	}
+	// 15 records of 48 bytes take 64 bytes each: 960, below the window.
+	for id := range uint64(15) {
+		put(id, 48)
+	}
+	check(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
+	r.rewind()
+	if tail := r.tail.Load(); tail != 960 {
+		t.Fatalf("rewind below the window moved tail to %d, want 960", tail)
+	}
+	put(15, 48) // 1024: at the window, but not drained
+	r.rewind()
+	if tail, head := r.tail.Load(), r.head.Load(); tail != 960 || head != 1024 {
+		t.Fatalf("rewind of a ring holding a record: tail %d head %d, want 960 and 1024", tail, head)
+	}
+	check(15)
+	r.rewind()
+	if tail, head := r.tail.Load(), r.head.Load(); tail != 4096 || head != 4096 {
+		t.Fatalf("rewind of an empty ring at 1024: tail %d head %d, want both 4096", tail, head)
+	}
+	// The next record starts at offset 0 and reads back.
+	if pos := put(16, 48); pos != 4096+64 {
+		t.Fatalf("first record after the rewind ends at %d, want %d", pos, 4096+64)
+	}
+	check(16)
+	if r.Used() != 0 {
+		t.Fatalf("Used() = %d after draining everything", r.Used())
+	}
+}
+
+// TestRingRewindHalfDone: a producer that reads the head a rewind has moved
+// before the rewind moves tail too must not report the ring full: it waits
+// for the rewind and then stores its record.
+func TestRingRewindHalfDone(t *testing.T) {
+	r := NewRing(4096)
+	for id := range uint64(16) {
+		if _, err := r.Put(id, make([]byte, 48)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drainAll(r)
+	// The first half of rewind: the rest of the buffer (3072 bytes) is
+	// reserved, tail not yet moved. A record of 1500 bytes does not fit
+	// beside that reservation, but does once it is released.
+	tail := r.tail.Load()
+	r.rewinding.Store(true)
+	if !r.head.CompareAndSwap(tail, tail+3072) {
+		t.Fatal("head moved")
+	}
+	type result struct {
+		pos uint64
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		pos, err := r.Put(99, fillBody(99, 1500))
+		ch <- result{pos, err}
+	}()
+	select {
+	case res := <-ch:
+		t.Fatalf("Put during a rewind returned (%d, %v) before the rewind finished", res.pos, res.err)
+	case <-time.After(waitShort):
+	}
+	r.tail.Store(tail + 3072)
+	r.rewinding.Store(false)
+	select {
+	case res := <-ch:
+		if res.err != nil {
+			t.Fatalf("Put after the rewind: %v", res.err)
+		}
+		if want := 4096 + recordBytes(1500); res.pos != want {
+			t.Fatalf("Put after the rewind ends at %d, want %d", res.pos, want)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("Put still waiting after the rewind finished")
+	}
+	got, _, _ := drainAll(r)
+	if len(got) != 1 || got[0].id != 99 || !bytes.Equal(got[0].body, fillBody(99, 1500)) {
+		t.Fatalf("drained %v, want record 99", got)
 	}
 }

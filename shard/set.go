@@ -371,6 +371,7 @@ func (s *Set) drainer(i int) {
 				}
 			}
 		}
+		r.rewind()
 		if s.closing.Load() {
 			if r.Used() == 0 {
 				return
