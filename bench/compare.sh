@@ -8,6 +8,7 @@
 #   bash bench/compare.sh                 # from the repo root
 #   DURATION=30s CONNECTIONS=128 bash bench/compare.sh
 #   BUSYAPI_FLAGS='--ring-bytes 8MiB' bash bench/compare.sh
+#   ROUNDS=5 SERVERS='empty busyapi-memory' bash bench/compare.sh
 #
 # Each server runs alone, pinned to CPU $SERVER_CPU (default 0), with wrk
 # pinned to CPU $LOAD_CPU (default 1). Environment:
@@ -19,6 +20,13 @@
 #   BUSYAPI_FLAGS  extra flags for busyapi, e.g. '--ack memory'
 #   BUSYAPI_DATA   busyapi's --data-dir (default: a fresh directory under the
 #                  build directory, removed at exit; never the repo root)
+#   ROUNDS         how many times to run the servers in turn (default 1);
+#                  the table then gives each server's median req/s, and the
+#                  ratios are the medians of the ratios of each round, so a
+#                  machine whose speed drifts during the run moves both sides
+#                  of a ratio alike
+#   SERVERS        which servers to run, of: empty empty-timeouts empty-201
+#                  busyapi busyapi-memory nethttp (default all)
 #   KEEP_LOGS=1    keep the build directory with the servers' logs
 # Ports 18081 (empty), 18082 (busyapi) and 18083 (nethttp) must be free.
 # Exits non-zero if a build fails, a server does not start or wrk fails.
@@ -27,6 +35,8 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-1}
+SERVERS=${SERVERS:-empty empty-timeouts empty-201 busyapi busyapi-memory nethttp}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BUSYAPI_FLAGS=${BUSYAPI_FLAGS:-}
@@ -55,21 +65,54 @@ build
 bench() {
 	local name=$1 port=$2 script=$3 out
 	out=$(run_wrk "$name" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$script" "http://127.0.0.1:$port/api/usages")
-	printf '%s\n' "$out" >"$tmp/$name.$(basename "$script" .lua).wrk"
+	printf '%s\n' "$out" >>"$tmp/$name.$(basename "$script" .lua).wrk"
 	awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out"
 }
 
+# plain[NAME,ROUND] and pipelined[NAME,ROUND] hold req/s.
 declare -A plain pipelined
 run() {
-	local name=$1 port=$2
-	shift 2
-	echo "$name: starting on port $port (CPU $SERVER_CPU), wrk on CPU $LOAD_CPU, $DURATION per run" >&2
+	local name=$1 round=$2 port=$3
+	shift 3
+	echo "$name (round $round of $ROUNDS): starting on port $port (CPU $SERVER_CPU), wrk on CPU $LOAD_CPU, $DURATION per run" >&2
 	start_server "$name" "$port" "$@"
-	plain[$name]=$(bench "$name" "$port" bench/post.lua)
-	pipelined[$name]=$(bench "$name" "$port" bench/pipeline.lua)
+	plain[$name,$round]=$(bench "$name" "$port" bench/post.lua)
+	pipelined[$name,$round]=$(bench "$name" "$port" bench/pipeline.lua)
 	stop_server
-	echo "$name: ${plain[$name]} req/s plain, ${pipelined[$name]} req/s pipelined" >&2
+	echo "$name: ${plain[$name,$round]} req/s plain, ${pipelined[$name,$round]} req/s pipelined" >&2
 }
+
+# median X...: the median of numbers (the mean of the middle two of an even
+# count).
+median() {
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# stat ARRAY NAME: ARRAY's (plain or pipelined) median req/s of NAME.
+stat() {
+	local -n a=$1
+	local r v=()
+	for ((r = 1; r <= ROUNDS; r++)); do v+=("${a[$2,$r]}"); done
+	printf '%.0f' "$(median "${v[@]}")"
+}
+
+# rstat ARRAY A B: the median over the rounds of ARRAY's A/B ratio.
+rstat() {
+	local -n a=$1
+	local r v=()
+	for ((r = 1; r <= ROUNDS; r++)); do v+=("$(awk -v x="${a[$2,$r]}" -v y="${a[$3,$r]}" 'BEGIN { printf "%.4f", x / y }')"); done
+	printf '%.2f' "$(median "${v[@]}")"
+}
+
+# rounds ARRAY A B: ARRAY's A/B ratio of each round.
+rounds() {
+	local -n a=$1
+	local r v=()
+	for ((r = 1; r <= ROUNDS; r++)); do v+=("$(ratio "${a[$2,$r]}" "${a[$3,$r]}")"); done
+	echo "${v[*]}"
+}
+
+wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)" >&2
 # busyapi keeps a durable log in --data-dir (default ./data): give it a fresh
@@ -81,34 +124,56 @@ help=$("$tmp/busyapi" --help 2>&1 || true)
 if grep -q -- '-data-dir' <<<"$help"; then
 	data_flags=(--data-dir "${BUSYAPI_DATA:-$tmp/busyapi-data}")
 fi
-run empty 18081 "$tmp/empty" -addr 127.0.0.1:18081
-run empty-timeouts 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts
-run empty-201 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts -created
-# shellcheck disable=SC2086 # BUSYAPI_FLAGS is a list of flags
-run busyapi 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" $BUSYAPI_FLAGS
-if [ -n "${data_flags[*]}" ]; then
-	rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
-	# shellcheck disable=SC2086
-	run busyapi-memory 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" --ack memory $BUSYAPI_FLAGS
-fi
-run nethttp 18083 "$tmp/nethttp" -addr 127.0.0.1:18083
-
-echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s)"
-echo "busyapi flags: ${data_flags[*]} $BUSYAPI_FLAGS"
-printf '%-16s %12s %12s\n' server plain "pipelined16"
-for s in empty empty-timeouts empty-201 busyapi busyapi-memory nethttp; do
-	[ -n "${plain[$s]:-}" ] || continue
-	printf '%-28s %12s %12s\n' "$s" "${plain[$s]}" "${pipelined[$s]}"
+for ((round = 1; round <= ROUNDS; round++)); do
+	! wanted empty || run empty "$round" 18081 "$tmp/empty" -addr 127.0.0.1:18081
+	! wanted empty-timeouts || run empty-timeouts "$round" 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts
+	! wanted empty-201 || run empty-201 "$round" 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts -created
+	if wanted busyapi; then
+		rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
+		# shellcheck disable=SC2086 # BUSYAPI_FLAGS is a list of flags
+		run busyapi "$round" 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" $BUSYAPI_FLAGS
+	fi
+	if wanted busyapi-memory && [ -n "${data_flags[*]}" ]; then
+		rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
+		# shellcheck disable=SC2086
+		run busyapi-memory "$round" 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" --ack memory $BUSYAPI_FLAGS
+	fi
+	! wanted nethttp || run nethttp "$round" 18083 "$tmp/nethttp" -addr 127.0.0.1:18083
 done
+rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
+
+ran=()
+for s in empty empty-timeouts empty-201 busyapi busyapi-memory nethttp; do
+	[ -n "${plain[$s,1]:-}" ] && ran+=("$s")
+done
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU (req/s; the median of $ROUNDS rounds)"
+echo "busyapi flags: ${data_flags[*]} $BUSYAPI_FLAGS"
+printf '%-30s %12s %12s\n' server plain "pipelined16"
+for s in "${ran[@]}"; do
+	printf '%-30s %12s %12s\n' "$s" "$(stat plain "$s")" "$(stat pipelined "$s")"
+done
+echo
+echo "ratios (the median of each round's ratio)"
 for s in busyapi busyapi-memory nethttp; do
-	[ -n "${plain[$s]:-}" ] || continue
+	wanted "$s" && [ -n "${plain[$s,1]:-}" ] || continue
 	for b in empty empty-timeouts empty-201; do
-		printf '%-28s %12s %12s\n' "$s/$b" "$(ratio "${plain[$s]}" "${plain[$b]}")" \
-			"$(ratio "${pipelined[$s]}" "${pipelined[$b]}")"
+		wanted "$b" || continue
+		printf '%-30s %12s %12s\n' "$s/$b" "$(rstat plain "$s" "$b")" "$(rstat pipelined "$s" "$b")"
 	done
 done
-if [ -n "${plain[busyapi-memory]:-}" ]; then
-	printf '%-28s %12s %12s\n' "busyapi/busyapi-memory" "$(ratio "${plain[busyapi]}" "${plain[busyapi-memory]}")" \
-		"$(ratio "${pipelined[busyapi]}" "${pipelined[busyapi-memory]}")"
+if [ -n "${plain[busyapi,1]:-}" ] && [ -n "${plain[busyapi-memory,1]:-}" ]; then
+	printf '%-30s %12s %12s\n' "busyapi/busyapi-memory" "$(rstat plain busyapi busyapi-memory)" \
+		"$(rstat pipelined busyapi busyapi-memory)"
+fi
+if ((ROUNDS > 1)); then
+	echo
+	echo "each round's ratio, plain | pipelined16"
+	for s in busyapi busyapi-memory nethttp; do
+		wanted "$s" && [ -n "${plain[$s,1]:-}" ] || continue
+		for b in empty empty-timeouts empty-201; do
+			wanted "$b" || continue
+			printf '%-30s %s | %s\n' "$s/$b" "$(rounds plain "$s" "$b")" "$(rounds pipelined "$s" "$b")"
+		done
+	done
 fi
