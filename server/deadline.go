@@ -127,8 +127,15 @@ func (r *reaper) each(fn func(*lingerConn)) {
 // first byte arrives (phaseActive) and when its answer is written
 // (phaseIdle).
 func (c *lingerConn) enter(phase uint32) {
-	c.start.Store(c.reaper.now.Load())
-	c.phase.Store(phase)
+	// A store is a locked instruction on amd64 and a load is not: skip
+	// the stores that would not change a word. The clock moves once a
+	// tick, so most requests start in the tick of the previous one.
+	if now := c.reaper.now.Load(); c.start.Load() != now {
+		c.start.Store(now)
+	}
+	if c.phase.Load() != phase {
+		c.phase.Store(phase)
+	}
 }
 
 // cutAll cuts every connection at once (a Shutdown that ran out of time).
@@ -155,7 +162,9 @@ func (c *lingerConn) Write(p []byte) (int, error) {
 	r := c.reaper
 	if ph := c.phase.Load(); ph&phaseWrote == 0 {
 		// The phase's first write: its write timeout runs from here.
-		c.wstart.Store(r.now.Load())
+		if now := r.now.Load(); c.wstart.Load() != now {
+			c.wstart.Store(now)
+		}
 		c.phase.Store(ph | phaseWrote)
 	}
 	due := (c.wstart.Load() + r.write) | 1 // odd: a write
