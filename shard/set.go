@@ -221,8 +221,10 @@ type Ticket struct {
 // Put reserves an id and copies body into the ring of the shard picked by
 // hint (for example a connection id, so one connection's records stay in
 // order and producers rarely share a ring). It never blocks: it returns
-// ErrFull when the ring has no room, or ErrIDsExhausted. body is not
-// retained. Put is safe for concurrent use.
+// ErrFull when the ring has no room, or ErrIDsExhausted. A Put that leaves
+// the ring more than a quarter full wakes its drainer, and one that leaves
+// it more than half full also yields the processor (runtime.Gosched). body
+// is not retained. Put is safe for concurrent use.
 func (s *Set) Put(hint uint64, body []byte) (uint64, Ticket, error) {
 	i := int(hint % uint64(len(s.rings)))
 	if s.failed[i].v.Load() {
@@ -237,6 +239,17 @@ func (s *Set) Put(hint uint64, body []byte) (uint64, Ticket, error) {
 	pos, err := r.Put(id, body)
 	if err != nil {
 		return 0, Ticket{}, err
+	}
+	if used := pos - r.tail.Load(); used > r.size/4 {
+		// The ring is filling up faster than its drainer, asleep for
+		// the rest of its FlushInterval, would empty it: wake it now.
+		// Past half full, yield too, so that it gets a CPU before
+		// producers that never block (or a busy machine) fill the ring
+		// and get ErrFull. (pos-tail is at least the bytes in use.)
+		s.poke(i)
+		if used > r.size/2 {
+			runtime.Gosched()
+		}
 	}
 	return id, Ticket{shard: i, pos: pos, seq: seq}, nil
 }

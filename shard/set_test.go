@@ -621,3 +621,40 @@ func TestSetOneDrainerPerShard(t *testing.T) {
 	closeWithin(t, s)
 	sink.check(t, want)
 }
+
+// TestSetFillingRingWakesDrainer: a drainer asleep for an hour-long
+// FlushInterval is woken as soon as its ring is more than a quarter full,
+// and drains it; records below that wait for the interval.
+func TestSetFillingRingWakesDrainer(t *testing.T) {
+	sink := newTestSink()
+	s := New(Config{Shards: 1, RingBytes: 64 << 10, FlushInterval: time.Hour, Sink: sink})
+	defer s.Close()
+	r := s.Ring(0)
+	time.Sleep(waitShort) // let the drainer go to sleep
+	body := make([]byte, 1000)
+	var ids []uint64
+	for r.Used() <= r.Size()/4 {
+		if len(ids) > 0 {
+			if _, ok := sink.get(ids[0]); ok {
+				t.Fatalf("record %d flushed with the ring %d of %d bytes full, before the interval", ids[0], r.Used(), r.Size())
+			}
+		}
+		id, _, err := s.Put(0, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	deadline := time.Now().Add(waitLong)
+	for _, id := range ids {
+		for {
+			if _, ok := sink.get(id); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("record %d of %d not flushed %v after the ring passed a quarter full", id, len(ids), waitLong)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
