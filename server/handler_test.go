@@ -5,9 +5,11 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/busyapi/busyapi/shard"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 )
@@ -258,9 +260,27 @@ func TestRouting(t *testing.T) {
 	}
 }
 
+// gatedSink holds its drainer in its first Append until open is closed.
+type gatedSink struct {
+	shard.Sink
+	open chan struct{}
+}
+
+func (g gatedSink) Append(i int, id uint64, body []byte) {
+	<-g.open
+	g.Sink.Append(i, id, body)
+}
+
 func TestRingFullAnswers503(t *testing.T) {
-	// A tiny ring and a drainer that effectively never runs: the ring fills.
-	s := newTestServer(t, Config{RingBytes: 64 << 10, MaxBodyBytes: 1024, FlushInterval: time.Hour, Shards: 1})
+	// A tiny ring and a drainer held in its sink: the ring fills. (A Put
+	// into a filling ring wakes its drainer, so a long FlushInterval
+	// alone no longer keeps it away.)
+	gate := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release)
+	s := newTestServer(t, Config{RingBytes: 64 << 10, MaxBodyBytes: 1024, FlushInterval: time.Hour, Shards: 1,
+		wrapSink: func(k shard.Sink) shard.Sink { return gatedSink{k, gate} }})
 	var full *fasthttp.Response
 	var ids []uint64
 	for i := 0; i < 10000; i++ {
@@ -290,6 +310,7 @@ func TestRingFullAnswers503(t *testing.T) {
 		t.Fatalf("full rejections not counted: %+v", st.Rejected)
 	}
 	// Shutdown drains the ring; every acknowledged usage is then readable.
+	release()
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -120,6 +120,9 @@ type Config struct {
 	// the log is forwarded to a JetStream stream exactly once (package
 	// cluster). Needs a DataDir.
 	NATS cluster.Config
+
+	// wrapSink, if set (by tests), wraps the sink the drainers write to.
+	wrapSink func(shard.Sink) shard.Sink
 }
 
 func (c *Config) setDefaults() error {
@@ -310,6 +313,9 @@ func New(cfg Config) (*Server, error) {
 			_ = s.wal.Close()
 			return nil, err
 		}
+	}
+	if cfg.wrapSink != nil {
+		scfg.Sink = cfg.wrapSink(scfg.Sink)
 	}
 	s.set = shard.New(scfg)
 	s.startForwarding()
