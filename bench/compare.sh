@@ -153,27 +153,29 @@ printf '%-30s %12s %12s\n' server plain "pipelined16"
 for s in "${ran[@]}"; do
 	printf '%-30s %12s %12s\n' "$s" "$(stat plain "$s")" "$(stat pipelined "$s")"
 done
+# each_pair CMD...: run CMD S B for each server S of busyapi, busyapi-memory
+# and nethttp against each baseline B of the empty handlers, both of which ran.
+each_pair() {
+	local s b
+	for s in busyapi busyapi-memory nethttp; do
+		[ -n "${plain[$s,1]:-}" ] || continue
+		for b in empty empty-timeouts empty-201; do
+			[ -n "${plain[$b,1]:-}" ] || continue
+			"$@" "$s" "$b"
+		done
+	done
+}
+median_row() { printf '%-30s %12s %12s\n' "$1/$2" "$(rstat plain "$1" "$2")" "$(rstat pipelined "$1" "$2")"; }
+rounds_row() { printf '%-30s %s | %s\n' "$1/$2" "$(rounds plain "$1" "$2")" "$(rounds pipelined "$1" "$2")"; }
+
 echo
 echo "ratios (the median of each round's ratio)"
-for s in busyapi busyapi-memory nethttp; do
-	wanted "$s" && [ -n "${plain[$s,1]:-}" ] || continue
-	for b in empty empty-timeouts empty-201; do
-		wanted "$b" || continue
-		printf '%-30s %12s %12s\n' "$s/$b" "$(rstat plain "$s" "$b")" "$(rstat pipelined "$s" "$b")"
-	done
-done
+each_pair median_row
 if [ -n "${plain[busyapi,1]:-}" ] && [ -n "${plain[busyapi-memory,1]:-}" ]; then
-	printf '%-30s %12s %12s\n' "busyapi/busyapi-memory" "$(rstat plain busyapi busyapi-memory)" \
-		"$(rstat pipelined busyapi busyapi-memory)"
+	median_row busyapi busyapi-memory
 fi
 if ((ROUNDS > 1)); then
 	echo
 	echo "each round's ratio, plain | pipelined16"
-	for s in busyapi busyapi-memory nethttp; do
-		wanted "$s" && [ -n "${plain[$s,1]:-}" ] || continue
-		for b in empty empty-timeouts empty-201; do
-			wanted "$b" || continue
-			printf '%-30s %s | %s\n' "$s/$b" "$(rounds plain "$s" "$b")" "$(rounds pipelined "$s" "$b")"
-		done
-	done
+	each_pair rounds_row
 fi
