@@ -278,9 +278,9 @@ func TestRingFullAnswers503(t *testing.T) {
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
-	t.Cleanup(release)
 	s := newTestServer(t, Config{RingBytes: 64 << 10, MaxBodyBytes: 1024, FlushInterval: time.Hour, Shards: 1,
 		wrapSink: func(k shard.Sink) shard.Sink { return gatedSink{k, gate} }})
+	t.Cleanup(release) // after newTestServer's: cleanups run last first
 	var full *fasthttp.Response
 	var ids []uint64
 	for i := 0; i < 10000; i++ {

@@ -232,22 +232,37 @@ const hotWindow = 256 << 10
 
 // rewind moves an empty ring whose tail is at least r.window bytes into the
 // buffer back to offset 0: it reserves the rest of the buffer, which no
-// record uses and is zero, and releases it at once. Producers that see the
-// new head before the new tail retry (rewinding). It does nothing if a
-// producer has reserved space since the last drain. Only the consumer calls
-// it.
+// record uses and is zero, and releases it at once, and marks it flushed.
+// Producers that see the new head before the new tail retry (rewinding). It
+// does nothing if a producer has reserved space since the last drain. Only
+// the consumer calls it.
 func (r *Ring) rewind() {
 	t := r.tail.Load()
 	off := t & r.mask
-	if off < r.window {
+	if off < r.window || r.head.Load() != t {
 		return
 	}
+	next := t + r.size - off
 	r.rewinding.Store(true)
-	if r.head.CompareAndSwap(t, t+r.size-off) {
-		r.tail.Store(t + r.size - off)
+	ok := r.head.CompareAndSwap(t, next)
+	if ok {
+		if rewindHook != nil {
+			rewindHook()
+		}
+		r.tail.Store(next)
 	}
 	r.rewinding.Store(false)
+	if ok && r.flushed.Load() == t {
+		// No record lies in the skipped space: its outcome is known.
+		// Without this the next drain would flush an empty batch, and
+		// a waiter on the new head (WaitRoom) would wait for it.
+		r.Flushed(next)
+	}
 }
+
+// rewindHook, if set (by tests), runs in the middle of a rewind: after head
+// has moved and before tail has.
+var rewindHook func()
 
 // zero clears the ring bytes at positions [from, to), to-from <= size.
 func (r *Ring) zero(from, to uint64) {

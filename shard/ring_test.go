@@ -1034,9 +1034,18 @@ func TestRingRewind(t *testing.T) {
 		t.Fatalf("rewind of a ring holding a record: tail %d head %d, want 960 and 1024", tail, head)
 	}
 	check(15)
+	r.Flushed(1024)
 	r.rewind()
 	if tail, head := r.tail.Load(), r.head.Load(); tail != 4096 || head != 4096 {
 		t.Fatalf("rewind of an empty ring at 1024: tail %d head %d, want both 4096", tail, head)
+	}
+	// The skipped space holds no record: it counts as flushed, and a
+	// waiter on the new head returns at once.
+	if !r.IsFlushed(4096) {
+		t.Fatalf("after the rewind, flushed is %d, want 4096", r.flushed.Load())
+	}
+	if !done(waitAsync(r, 4096), waitLong) {
+		t.Fatal("Wait on the rewound head did not return")
 	}
 	// The next record starts at offset 0 and reads back.
 	if pos := put(16, 48); pos != 4096+64 {
@@ -1098,4 +1107,84 @@ func TestRingRewindHalfDone(t *testing.T) {
 	if len(got) != 1 || got[0].id != 99 || !bytes.Equal(got[0].body, fillBody(99, 1500)) {
 		t.Fatalf("drained %v, want record 99", got)
 	}
+}
+
+// TestRingRewindStress: two producers put into a 4 KiB ring, each waiting
+// for its record's flush before the next: one with bodies of up to 1,990
+// bytes, the other up to 24. A record and the padding in front of it take
+// less than twice the record, so at most 4,094 bytes are ever in use and
+// Put must never report the ring full. The consumer drains, checks order
+// and bodies, and rewinds; a hook yields in the middle of every rewind, so
+// producers see its half-done state, where a record larger than what lies
+// below the rewind point does not fit beside the skipped space.
+func TestRingRewindStress(t *testing.T) {
+	f := func(procs int) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+		var rewinds atomic.Int64
+		rewindHook = func() { rewinds.Add(1); runtime.Gosched() }
+		defer func() { rewindHook = nil }()
+		r := NewRing(4096)
+		const producers, perProducer = 2, 3000
+		maxBody := [producers]int{1990, 24}
+		var fulls atomic.Int64
+		var wg sync.WaitGroup
+		for p := range producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(p), 1))
+				for seq := 0; seq < perProducer; {
+					id := uint64(p)<<32 | uint64(seq)
+					pos, err := r.Put(id, fillBody(id, rng.IntN(maxBody[p]+1)))
+					if err != nil {
+						fulls.Add(1)
+						runtime.Gosched()
+						continue
+					}
+					r.Wait(pos)
+					seq++
+				}
+			}()
+		}
+		ch := make(chan struct{})
+		go func() { wg.Wait(); close(ch) }()
+		next := make([]int, producers)
+		var bad error
+		deadline := time.Now().Add(waitLong)
+		for !done(ch, 0) {
+			_, pos := r.Drain(func(id uint64, body []byte) {
+				p, seq := int(id>>32), int(id&(1<<32-1))
+				switch {
+				case bad != nil:
+				case p >= producers || seq != next[p]:
+					bad = fmt.Errorf("got record (producer %d, seq %d), want a known producer's next", p, seq)
+				case len(body) > maxBody[p] || !bytes.Equal(body, fillBody(id, len(body))):
+					bad = fmt.Errorf("record (producer %d, seq %d): wrong body of %d bytes", p, seq, len(body))
+				default:
+					next[p]++
+				}
+			})
+			r.Flushed(pos)
+			r.rewind()
+			if bad != nil || time.Now().After(deadline) {
+				break
+			}
+			runtime.Gosched()
+		}
+		if bad != nil {
+			t.Fatalf("GOMAXPROCS %d: %v", procs, bad)
+		}
+		if !done(ch, waitLong) {
+			t.Fatalf("GOMAXPROCS %d: producers still waiting (%v of %d each)", procs, next, perProducer)
+		}
+		if n := fulls.Load(); n != 0 {
+			t.Errorf("GOMAXPROCS %d: Put returned ErrFull %d times, with at most 4,094 of 4,096 bytes in use", procs, n)
+		}
+		if rewinds.Load() == 0 {
+			t.Errorf("GOMAXPROCS %d: the ring never rewound", procs)
+		}
+		t.Logf("GOMAXPROCS %d: %d rewinds", procs, rewinds.Load())
+	}
+	f(1)
+	f(2)
 }

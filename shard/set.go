@@ -240,12 +240,14 @@ func (s *Set) Put(hint uint64, body []byte) (uint64, Ticket, error) {
 	if err != nil {
 		return 0, Ticket{}, err
 	}
-	if used := pos - r.tail.Load(); used > r.size/4 {
+	if t := r.tail.Load(); pos > t && pos-t > r.size/4 {
 		// The ring is filling up faster than its drainer, asleep for
 		// the rest of its FlushInterval, would empty it: wake it now.
 		// Past half full, yield too, so that it gets a CPU before
 		// producers that never block (or a busy machine) fill the ring
-		// and get ErrFull. (pos-tail is at least the bytes in use.)
+		// and get ErrFull. (Tail may have passed pos since: the record
+		// is drained already.)
+		used := pos - t
 		s.poke(i)
 		if used > r.size/2 {
 			runtime.Gosched()

@@ -623,8 +623,8 @@ func TestSetOneDrainerPerShard(t *testing.T) {
 }
 
 // TestSetFillingRingWakesDrainer: a drainer asleep for an hour-long
-// FlushInterval is woken as soon as its ring is more than a quarter full,
-// and drains it; records below that wait for the interval.
+// FlushInterval is woken by the Put that leaves its ring more than a
+// quarter full, and drains it; the records before that wait.
 func TestSetFillingRingWakesDrainer(t *testing.T) {
 	sink := newTestSink()
 	s := New(Config{Shards: 1, RingBytes: 64 << 10, FlushInterval: time.Hour, Sink: sink})
@@ -632,13 +632,11 @@ func TestSetFillingRingWakesDrainer(t *testing.T) {
 	r := s.Ring(0)
 	time.Sleep(waitShort) // let the drainer go to sleep
 	body := make([]byte, 1000)
+	// 16 records of 1016 bytes fill 16,256 of the 65,536 bytes: not more
+	// than a quarter. The 17th is.
+	quarter := r.Size() / 4 / int(recordBytes(len(body)))
 	var ids []uint64
-	for r.Used() <= r.Size()/4 {
-		if len(ids) > 0 {
-			if _, ok := sink.get(ids[0]); ok {
-				t.Fatalf("record %d flushed with the ring %d of %d bytes full, before the interval", ids[0], r.Used(), r.Size())
-			}
-		}
+	for range quarter + 1 {
 		id, _, err := s.Put(0, body)
 		if err != nil {
 			t.Fatal(err)
@@ -656,5 +654,18 @@ func TestSetFillingRingWakesDrainer(t *testing.T) {
 			}
 			time.Sleep(time.Millisecond)
 		}
+	}
+	// The same, one record short: nothing is flushed.
+	ids = ids[:0]
+	for range quarter {
+		id, _, err := s.Put(0, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	time.Sleep(waitShort)
+	if _, ok := sink.get(ids[0]); ok {
+		t.Fatalf("record %d flushed with the ring at most a quarter full, before the interval", ids[0])
 	}
 }
