@@ -85,9 +85,6 @@ var ErrIDsUnavailable = errors.New("shard: no reserved ids left")
 // to be leased. Until it is called there is no limit.
 func (a *IDs) SetLimit(limit uint64) { a.rng.Load().end.Store(limit) }
 
-// Limit returns the block limit of the current range.
-func (a *IDs) Limit() uint64 { return a.rng.Load().end.Load() }
-
 // NextBlock returns the number of the next block to be leased.
 func (a *IDs) NextBlock() uint64 { return a.rng.Load().next.Load() }
 

@@ -284,11 +284,10 @@ func (s *Set) extendLease() {
 		s.extendClusterLease()
 		return
 	}
-	next, limit := s.ids.NextBlock(), s.ids.Limit()
-	if next+s.leaseWindow/2 < limit {
+	if !s.leaseDue() {
 		return
 	}
-	upTo := next + s.leaseWindow
+	upTo := s.ids.NextBlock() + s.leaseWindow
 	if err := s.lease(upTo*s.ids.Block() + 1); err != nil {
 		if s.onLeaseError != nil {
 			s.onLeaseError(err)
@@ -298,11 +297,15 @@ func (s *Set) extendLease() {
 	s.ids.SetLimit(upTo)
 }
 
+// leaseDue reports whether at most half a lease window of blocks is left
+// in the range ids are handed out from: time to lease the next.
+func (s *Set) leaseDue() bool { return s.ids.Remaining() <= s.leaseWindow/2 }
+
 // extendClusterLease leases the next range of blocks cluster-wide once
 // half of the current one is used, and queues it; a failed round trip is
 // retried with backoff (10 ms doubling to 2 s), not every tick.
 func (s *Set) extendClusterLease() {
-	if s.ids.Pending() || s.ids.Remaining() > s.leaseWindow/2 || time.Now().Before(s.retryAt) {
+	if s.ids.Pending() || !s.leaseDue() || time.Now().Before(s.retryAt) {
 		return
 	}
 	s.roundTrips.Add(1)
