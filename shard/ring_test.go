@@ -894,25 +894,9 @@ func TestRingNoSpuriousFull(t *testing.T) {
 	r := NewRing(4096)
 	const producers, perProducer = 8, 3000
 	var fulls atomic.Int64
-	var wg sync.WaitGroup
-	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for seq := 0; seq < perProducer; {
-				pos, err := r.Put(uint64(p), make([]byte, (p+seq)%41))
-				if err != nil {
-					fulls.Add(1)
-					runtime.Gosched()
-					continue
-				}
-				r.Wait(pos)
-				seq++
-			}
-		}()
-	}
-	ch := make(chan struct{})
-	go func() { wg.Wait(); close(ch) }()
+	ch := waitingProducers(r, producers, perProducer, &fulls, func(p, seq int) (uint64, []byte) {
+		return uint64(p), make([]byte, (p+seq)%41)
+	})
 	deadline := time.Now().Add(waitLong)
 	for !done(ch, 0) {
 		if u := r.Used(); u > r.Size()/4 {
@@ -929,6 +913,33 @@ func TestRingNoSpuriousFull(t *testing.T) {
 	if n := fulls.Load(); n != 0 {
 		t.Errorf("Put returned ErrFull %d times although the ring was never more than a quarter full", n)
 	}
+}
+
+// waitingProducers starts producers goroutines that each put perProducer
+// records, record(p, seq) for producer p, and wait for each record's flush
+// before the next; a Put refused is counted in fulls and tried again. The
+// channel returned is closed when all of them are done.
+func waitingProducers(r *Ring, producers, perProducer int, fulls *atomic.Int64, record func(p, seq int) (uint64, []byte)) <-chan struct{} {
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := 0; seq < perProducer; {
+				pos, err := r.Put(record(p, seq))
+				if err != nil {
+					fulls.Add(1)
+					runtime.Gosched()
+					continue
+				}
+				r.Wait(pos)
+				seq++
+			}
+		}()
+	}
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	return ch
 }
 
 // TestRingOutcome: a waiter learns whether its record's batch failed from the
@@ -1126,28 +1137,12 @@ func TestRingRewindStress(t *testing.T) {
 		r := NewRing(4096)
 		const producers, perProducer = 2, 3000
 		maxBody := [producers]int{1990, 24}
+		rngs := [producers]*rand.Rand{rand.New(rand.NewPCG(0, 1)), rand.New(rand.NewPCG(1, 1))}
 		var fulls atomic.Int64
-		var wg sync.WaitGroup
-		for p := range producers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(p), 1))
-				for seq := 0; seq < perProducer; {
-					id := uint64(p)<<32 | uint64(seq)
-					pos, err := r.Put(id, fillBody(id, rng.IntN(maxBody[p]+1)))
-					if err != nil {
-						fulls.Add(1)
-						runtime.Gosched()
-						continue
-					}
-					r.Wait(pos)
-					seq++
-				}
-			}()
-		}
-		ch := make(chan struct{})
-		go func() { wg.Wait(); close(ch) }()
+		ch := waitingProducers(r, producers, perProducer, &fulls, func(p, seq int) (uint64, []byte) {
+			id := uint64(p)<<32 | uint64(seq)
+			return id, fillBody(id, rngs[p].IntN(maxBody[p]+1))
+		})
 		next := make([]int, producers)
 		var bad error
 		deadline := time.Now().Add(waitLong)
