@@ -173,19 +173,23 @@ func (s *Server) postUsage(ctx *fasthttp.RequestCtx) {
 // answerCreated answers 201 {"id":N} with Location: /api/usages/N. It
 // allocates nothing.
 func answerCreated(ctx *fasthttp.RequestCtx, id uint64) {
-	// One buffer, the id formatted once: /api/usages/N then {"id":N}.
+	// One buffer, the id formatted once: {"id":N}, then /api/usages/N
+	// from its digits.
 	var a [64]byte
-	loc := strconv.AppendUint(append(a[:0], pathUsagePrefix...), id, 10)
-	b := append(append(append(loc, `{"id":`...), loc[len(pathUsagePrefix):]...), '}')
+	body := appendID(a[:0], id)
+	n := body[len(idPrefix) : len(body)-1]
+	loc := append(append(body[len(body):], pathUsagePrefix...), n...)
 	ctx.Response.Header.SetCanonical(strLocation, loc)
 	ctx.SetStatusCode(fasthttp.StatusCreated)
 	ctx.Response.Header.SetContentTypeBytes(strJSON)
-	ctx.Response.SetBody(b[len(loc):])
+	ctx.Response.SetBody(body)
 }
+
+const idPrefix = `{"id":`
 
 // appendID appends {"id":N}.
 func appendID(out []byte, id uint64) []byte {
-	out = append(out, `{"id":`...)
+	out = append(out, idPrefix...)
 	out = strconv.AppendUint(out, id, 10)
 	return append(out, '}')
 }

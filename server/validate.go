@@ -61,14 +61,14 @@ type usageCheck struct {
 	// check (a nested object or array); the whole body then goes through
 	// fastjson's validator.
 	lax bool
-	num []byte // scratch for a number's text, from the usageParser
+	p   *usageParser // its num holds the text of the last number visited
 }
 
 // usageParser is a fastjson parser with the scratch space validateUsage
 // needs. The zero value is ready to use; one must not be shared.
 type usageParser struct {
 	fastjson.Parser
-	num []byte
+	num []byte // scratch for a number's text
 }
 
 // usageParsers pools usageParsers.
@@ -101,8 +101,8 @@ func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 		}
 		switch t {
 		case fastjson.TypeNumber:
-			// c.num holds its text (strictNumber).
-			if !shortInt(c.num) {
+			// c.p.num holds its text (strictNumber).
+			if !shortInt(c.p.num) {
 				if _, err := v.Int64(); err != nil {
 					c.err = errPatientID
 				}
@@ -150,8 +150,8 @@ func (c *usageCheck) visit(k []byte, v *fastjson.Value) {
 // strictNumber reports whether number v is written as JSON allows.
 // fastjson's parser also takes NaN, Inf, +1, 01 and 1. as numbers.
 func (c *usageCheck) strictNumber(v *fastjson.Value) bool {
-	c.num = v.MarshalTo(c.num[:0])
-	return jsonNumber(c.num)
+	c.p.num = v.MarshalTo(c.p.num[:0])
+	return jsonNumber(c.p.num)
 }
 
 // jsonNumber reports whether b is a number in JSON's grammar (RFC 8259,
@@ -266,9 +266,8 @@ func validateUsage(p *usageParser, body []byte) ([]byte, errBody) {
 	if err != nil {
 		return nil, errNotObject
 	}
-	c := usageCheck{num: p.num}
+	c := usageCheck{p: p}
 	o.Visit(func(k []byte, v *fastjson.Value) { c.visit(k, v) })
-	p.num = c.num
 	if (c.err != nil || c.lax || !plain) && fastjson.ValidateBytes(body) != nil {
 		return nil, syntaxError(body)
 	}
