@@ -125,19 +125,24 @@ func recordBytes(n int) uint64 { return hdrBytes + (uint64(n)+7)&^7 }
 // goroutines. It returns ErrFull without storing anything when there is no
 // room. body is not retained.
 func (r *Ring) Put(id uint64, body []byte) (uint64, error) {
-	return r.put(id, body, 0)
+	pos, _, err := r.put(id, body, 0)
+	return pos, err
 }
 
 // putRef puts a record that carries no body, only ref, for the consumer of
 // drainRefs. It is otherwise the same as Put.
 func (r *Ring) putRef(ref uint64) (uint64, error) {
-	return r.put(ref, nil, flagRef)
+	pos, _, err := r.put(ref, nil, flagRef)
+	return pos, err
 }
 
-func (r *Ring) put(id uint64, body []byte, flags uint64) (uint64, error) {
+// put is Put that also returns how many bytes the ring held with the
+// record in it, as far as it saw: an upper bound, since the consumer may
+// have freed some since.
+func (r *Ring) put(id uint64, body []byte, flags uint64) (pos, used uint64, err error) {
 	need := recordBytes(len(body))
 	if len(body) > MaxRecord || need > r.size/2 {
-		return 0, ErrFull
+		return 0, 0, ErrFull
 	}
 	for {
 		// Load tail first: tail never passes head, so h-t cannot wrap.
@@ -160,7 +165,7 @@ func (r *Ring) put(id uint64, body []byte, flags uint64) (uint64, error) {
 				continue // the consumer freed space since we read tail
 			}
 			r.full.Add(1)
-			return 0, ErrFull
+			return 0, 0, ErrFull
 		}
 		if !r.head.CompareAndSwap(h, h+pad+need) {
 			continue
@@ -175,7 +180,7 @@ func (r *Ring) put(id uint64, body []byte, flags uint64) (uint64, error) {
 		r.words[w+1] = id
 		copy(r.buf[off+hdrBytes:], body)
 		atomic.StoreUint64(&r.words[w], uint64(len(body))|flagCommit|flags)
-		return h + pad + need, nil
+		return h + pad + need, h + pad + need - t, nil
 	}
 }
 
@@ -273,6 +278,10 @@ func (r *Ring) zero(from, to uint64) {
 		from += n
 	}
 }
+
+// behind reports whether a ring holding used bytes is more than a quarter
+// full: its drainer should go on at once rather than sleep.
+func (r *Ring) behind(used uint64) bool { return used > r.size/4 }
 
 // Used returns the bytes reserved but not yet drained.
 func (r *Ring) Used() int {

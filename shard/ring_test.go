@@ -1079,30 +1079,33 @@ func TestRingRewindHalfDone(t *testing.T) {
 		}
 	}
 	drainAll(r)
-	// The first half of rewind: the rest of the buffer (3072 bytes) is
-	// reserved, tail not yet moved. A record of 1500 bytes does not fit
+	// In the middle of the rewind, the rest of the buffer (3072 bytes) is
+	// reserved and tail not yet moved. A record of 1500 bytes does not fit
 	// beside that reservation, but does once it is released.
-	tail := r.tail.Load()
-	r.rewinding.Store(true)
-	if !r.head.CompareAndSwap(tail, tail+3072) {
-		t.Fatal("head moved")
-	}
 	type result struct {
 		pos uint64
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
-		pos, err := r.Put(99, fillBody(99, 1500))
-		ch <- result{pos, err}
-	}()
-	select {
-	case res := <-ch:
-		t.Fatalf("Put during a rewind returned (%d, %v) before the rewind finished", res.pos, res.err)
-	case <-time.After(waitShort):
+	rewindHook = func() {
+		if h := r.head.Load(); h != 1024+3072 {
+			t.Errorf("head %d in the middle of the rewind, want %d", h, 1024+3072)
+		}
+		go func() {
+			pos, err := r.Put(99, fillBody(99, 1500))
+			ch <- result{pos, err}
+		}()
+		select {
+		case res := <-ch:
+			t.Errorf("Put during a rewind returned (%d, %v) before the rewind finished", res.pos, res.err)
+		case <-time.After(waitShort):
+		}
 	}
-	r.tail.Store(tail + 3072)
-	r.rewinding.Store(false)
+	defer func() { rewindHook = nil }()
+	r.rewind()
+	if t.Failed() {
+		t.FailNow()
+	}
 	select {
 	case res := <-ch:
 		if res.err != nil {

@@ -236,18 +236,16 @@ func (s *Set) Put(hint uint64, body []byte) (uint64, Ticket, error) {
 	}
 	r := s.rings[i]
 	seq := r.FailSeq()
-	pos, err := r.Put(id, body)
+	pos, used, err := r.put(id, body, 0)
 	if err != nil {
 		return 0, Ticket{}, err
 	}
-	if t := r.tail.Load(); pos > t && pos-t > r.size/4 {
+	if r.behind(used) {
 		// The ring is filling up faster than its drainer, asleep for
 		// the rest of its FlushInterval, would empty it: wake it now.
 		// Past half full, yield too, so that it gets a CPU before
 		// producers that never block (or a busy machine) fill the ring
-		// and get ErrFull. (Tail may have passed pos since: the record
-		// is drained already.)
-		used := pos - t
+		// and get ErrFull.
 		s.poke(i)
 		if used > r.size/2 {
 			runtime.Gosched()
@@ -399,7 +397,7 @@ func (s *Set) drainer(i int) {
 			continue
 		}
 		used := uint64(r.Used())
-		if used > r.size/4 || (s.eager && used > 0) {
+		if r.behind(used) || (s.eager && used > 0) {
 			// Falling behind, or workers are waiting: go on at once. If
 			// nothing moved, a producer is between reserving and
 			// committing; let it run (with one P it could not otherwise).
