@@ -96,20 +96,18 @@ stat() {
 	printf '%.0f' "$(median "${v[@]}")"
 }
 
-# rstat ARRAY A B: the median over the rounds of ARRAY's A/B ratio.
-rstat() {
+# ratios ARRAY A B [DIGITS]: ARRAY's A/B ratio of each round.
+ratios() {
 	local -n a=$1
 	local r v=()
-	for ((r = 1; r <= ROUNDS; r++)); do v+=("$(awk -v x="${a[$2,$r]}" -v y="${a[$3,$r]}" 'BEGIN { printf "%.4f", x / y }')"); done
-	printf '%.2f' "$(median "${v[@]}")"
+	for ((r = 1; r <= ROUNDS; r++)); do v+=("$(ratio "${a[$2,$r]}" "${a[$3,$r]}" "${4:-2}")"); done
+	echo "${v[*]}"
 }
 
-# rounds ARRAY A B: ARRAY's A/B ratio of each round.
-rounds() {
-	local -n a=$1
-	local r v=()
-	for ((r = 1; r <= ROUNDS; r++)); do v+=("$(ratio "${a[$2,$r]}" "${a[$3,$r]}")"); done
-	echo "${v[*]}"
+# rstat ARRAY A B: the median over the rounds of ARRAY's A/B ratio.
+rstat() {
+	# shellcheck disable=SC2046 # a list of numbers
+	printf '%.2f' "$(median $(ratios "$@" 4))"
 }
 
 wanted() { [[ " $SERVERS " == *" $1 "* ]]; }
@@ -128,16 +126,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	! wanted empty || run empty "$round" 18081 "$tmp/empty" -addr 127.0.0.1:18081
 	! wanted empty-timeouts || run empty-timeouts "$round" 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts
 	! wanted empty-201 || run empty-201 "$round" 18081 "$tmp/empty" -addr 127.0.0.1:18081 -timeouts -created
-	if wanted busyapi; then
+	for s in busyapi busyapi-memory; do
+		wanted "$s" || continue
+		ack=()
+		if [ "$s" = busyapi-memory ]; then
+			[ -n "${data_flags[*]}" ] || continue # no log: memory mode is all there is
+			ack=(--ack memory)
+		fi
 		rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
 		# shellcheck disable=SC2086 # BUSYAPI_FLAGS is a list of flags
-		run busyapi "$round" 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" $BUSYAPI_FLAGS
-	fi
-	if wanted busyapi-memory && [ -n "${data_flags[*]}" ]; then
-		rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
-		# shellcheck disable=SC2086
-		run busyapi-memory "$round" 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" --ack memory $BUSYAPI_FLAGS
-	fi
+		run "$s" "$round" 18082 "$tmp/busyapi" --addr 127.0.0.1:18082 "${data_flags[@]}" "${ack[@]}" $BUSYAPI_FLAGS
+	done
 	! wanted nethttp || run nethttp "$round" 18083 "$tmp/nethttp" -addr 127.0.0.1:18083
 done
 rm -rf "${BUSYAPI_DATA:-$tmp/busyapi-data}"
@@ -166,7 +165,7 @@ each_pair() {
 	done
 }
 median_row() { printf '%-30s %12s %12s\n' "$1/$2" "$(rstat plain "$1" "$2")" "$(rstat pipelined "$1" "$2")"; }
-rounds_row() { printf '%-30s %s | %s\n' "$1/$2" "$(rounds plain "$1" "$2")" "$(rounds pipelined "$1" "$2")"; }
+rounds_row() { printf '%-30s %s | %s\n' "$1/$2" "$(ratios plain "$1" "$2")" "$(ratios pipelined "$1" "$2")"; }
 
 echo
 echo "ratios (the median of each round's ratio)"

@@ -105,8 +105,9 @@ busy_pct() {
 	awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'
 }
 
-# ratio A B: A / B to two decimals, or n/a when B is 0.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# ratio A B [DIGITS]: A / B to DIGITS decimals (default 2), or n/a when B
+# is 0.
+ratio() { awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b > 0) printf "%.*f", d, a / b; else print "n/a" }'; }
 
 # bench_init TOOL...: fail unless every TOOL is on PATH, make the scratch
 # directory $tmp, and on exit stop the server and remove $tmp. A script
