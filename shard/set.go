@@ -361,17 +361,17 @@ func (s *Set) drainer(i int) {
 		if pos > r.flushed.Load() {
 			r.BeginBatch(pos)
 			if err := s.sink.Flush(i); err != nil {
-				// Mark the shard failed before releasing the batch's
-				// waiters: once a worker answers 503, the shard is
-				// seen as failed (Failed, /readyz).
-				first := !s.failed[i].v.Swap(true)
-				r.Fail(start, pos)
-				if first {
+				// Mark the shard failed, and report it, before
+				// releasing the batch's waiters: once a worker answers
+				// 503, the shard is seen as failed (Failed, /readyz)
+				// and the failure has been reported.
+				if !s.failed[i].v.Swap(true) {
 					lastTry = time.Now()
 					if s.onErr != nil {
 						s.onErr(i, err)
 					}
 				}
+				r.Fail(start, pos)
 			} else {
 				r.Flushed(pos)
 			}
